@@ -1,0 +1,61 @@
+"""lookalike: learn what a folder of images looks like and find lookalikes.
+
+The public API is re-exported here and imported lazily, so ``import lookalike`` does no work (torch is
+loaded on first use):
+
+- :func:`train` trains an autoencoder on a folder and returns a :class:`Model`;
+- :class:`Index` builds, loads and searches an index (:meth:`Index.build`, :meth:`Index.load`,
+  :meth:`Index.search` returning :class:`Hit` objects);
+- :class:`Model` loads and saves model directories and embeds images;
+- :class:`LookalikeError` is raised for every user-facing problem, with a one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import ImageDecodeError, LookalikeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Preprocessing, TrainConfig
+    from .models import PRESETS, Model
+    from .search import Hit, Index
+    from .train import train
+
+__all__ = [
+    "PRESETS",
+    "Hit",
+    "ImageDecodeError",
+    "Index",
+    "LookalikeError",
+    "Model",
+    "Preprocessing",
+    "TrainConfig",
+    "__version__",
+    "train",
+]
+
+_LAZY = {
+    "PRESETS": "lookalike.models",
+    "Model": "lookalike.models",
+    "Hit": "lookalike.search",
+    "Index": "lookalike.search",
+    "train": "lookalike.train",
+    "Preprocessing": "lookalike.config",
+    "TrainConfig": "lookalike.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,81 @@
+"""Batched encoding of image files into vectors.
+
+Files are decoded by DataLoader workers while the main process runs the encoder under
+``torch.inference_mode`` on batches; unreadable files are dropped and reported, never abort the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import image_loader
+from .models import Model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedResult:
+    """Vectors of the files that could be read, in input order."""
+
+    vectors: np.ndarray  # raw float32 embeddings (m, d) of the readable files
+    positions: np.ndarray  # int64 (m,): position of each vector's file in the input list
+    digests: list[str]  # sha256 of each readable file's bytes
+    failures: list[tuple[Path, str]] = field(default_factory=list)  # unreadable files and why
+    seconds: float = 0.0  # wall-clock time of the whole run
+
+
+def embed_files(
+    model: Model,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    batch_size: int = 256,
+    num_workers: int = 1,
+    callbacks: Sequence[Any] = (),
+) -> EmbedResult:
+    """Embed image files with ``model``.
+
+    Args:
+        model: the model whose encoder (and preprocessing) to use.
+        paths: image files.
+        batch_size: images per forward pass.
+        num_workers: DataLoader processes decoding images (0: decode in this process).
+        callbacks: objects with optional ``on_embed(done, total)`` and ``on_skip(path, reason)``.
+
+    Returns:
+        An :class:`EmbedResult`; ``failures`` lists the files that were skipped, with the reason.
+    """
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    vectors = np.empty((len(paths), model.embedding_dim), dtype=np.float32)
+    positions: list[int] = []
+    digests: list[str] = []
+    failures: list[tuple[Path, str]] = []
+    done = 0
+    loader = image_loader(paths, model.preprocessing, batch_size=batch_size, num_workers=num_workers, with_hash=True)
+    for batch in loader:
+        if batch.indices:
+            m = len(positions)
+            vectors[m : m + len(batch.indices)] = model.embed_pixels(batch.pixels, batch_size=batch_size)
+            positions.extend(batch.indices)
+            digests.extend(d or "" for d in batch.digests)
+        for i, reason in batch.failures:
+            failures.append((paths[i], reason))
+            for cb in callbacks:
+                if hasattr(cb, "on_skip"):
+                    cb.on_skip(paths[i], reason)
+        done += len(batch.indices) + len(batch.failures)
+        for cb in callbacks:
+            if hasattr(cb, "on_embed"):
+                cb.on_embed(done, len(paths))
+    return EmbedResult(
+        vectors[: len(positions)], np.asarray(positions, dtype=np.int64), digests, failures, time.perf_counter() - t0
+    )

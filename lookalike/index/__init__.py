@@ -1,0 +1,10 @@
+"""Vector indexes: one contract, numpy in and out.
+
+An index stores L2-normalised float32 vectors with integer ids and answers ``search(queries, k)`` with
+``(scores, ids)`` arrays of shape ``(n_queries, k)``, padded with id ``-1`` when fewer than ``k`` entries
+qualify. torch never appears here.
+"""
+
+from .exact import ExactIndex, l2_normalize
+
+__all__ = ["ExactIndex", "l2_normalize"]

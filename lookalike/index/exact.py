@@ -1,0 +1,178 @@
+"""Exact (brute-force) search with one BLAS matrix product per chunk of queries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LookalikeError
+
+METRICS = ("cosine", "euclidean")
+
+
+def l2_normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows scaled to unit length (zero rows stay zero): ``(unit float32 vectors, original norms)``."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
+    safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
+    return vectors / safe[:, None], norms
+
+
+class ExactIndex:
+    """Exact nearest neighbours over unit vectors, remembering each vector's original norm.
+
+    ``cosine`` ranks by the inner product of unit vectors (higher is closer). ``euclidean`` ranks by the
+    distance between the original, un-normalised vectors (lower is closer), as seeds 002 and 004 do; it
+    is computed from the same product as ``|q|^2 + |x|^2 - 2 |q||x| cos``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = int(dim)
+        self.vectors = np.empty((0, self.dim), dtype=np.float32)
+        self.norms = np.empty((0,), dtype=np.float32)
+        self.ids = np.empty((0,), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _check(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise LookalikeError(f"{what} have shape {vectors.shape}; this index holds {self.dim}-d vectors")
+        return vectors
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add raw vectors (normalised here) under the given ids (which must be new)."""
+        vectors = self._check(vectors, "vectors")
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) != len(vectors):
+            raise LookalikeError(f"{len(vectors)} vectors but {len(ids)} ids")
+        if np.intersect1d(ids, self.ids).size or len(np.unique(ids)) != len(ids):
+            raise LookalikeError("ids must be unique and not already in the index")
+        unit, norms = l2_normalize(vectors)
+        self.vectors = np.concatenate([self.vectors, unit])
+        self.norms = np.concatenate([self.norms, norms])
+        self.ids = np.concatenate([self.ids, ids])
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove entries by id; returns how many were removed."""
+        keep = ~np.isin(self.ids, np.asarray(ids, dtype=np.int64))
+        removed = int((~keep).sum())
+        self.vectors, self.norms, self.ids = self.vectors[keep], self.norms[keep], self.ids[keep]
+        return removed
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The original (un-normalised) vectors of the given ids."""
+        rows = self.rows_of(ids)
+        return self.vectors[rows] * self.norms[rows, None]
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of ids (KeyError-free: raises LookalikeError for unknown ids)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        order = np.argsort(self.ids, kind="stable")
+        pos = np.searchsorted(self.ids, ids, sorter=order)
+        pos = np.minimum(pos, len(order) - 1) if len(order) else pos
+        if not len(order) or np.any(self.ids[order[pos]] != ids):
+            missing = ids[~np.isin(ids, self.ids)]
+            raise LookalikeError(f"no entry with id {int(missing[0])} in the index")
+        return order[pos]
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        metric: str = "cosine",
+        exclude: np.ndarray | None = None,
+        chunk: int = 256,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest entries of each query.
+
+        Args:
+            queries: raw float32 query vectors ``(n, d)`` (normalised here for cosine).
+            k: results per query.
+            metric: ``cosine`` (similarity, descending) or ``euclidean`` (distance, ascending).
+            exclude: per query, one id to leave out (its own entry), or -1.
+            chunk: queries per matrix product (bounds memory to ``chunk x len(index)`` floats).
+
+        Returns:
+            ``(scores, ids)``, both ``(n, k)``; missing results have id -1 and score -inf (cosine) or
+            +inf (euclidean).
+        """
+        if metric not in METRICS:
+            raise LookalikeError(f"unknown metric {metric!r} (use cosine or euclidean)")
+        if k < 1:
+            raise LookalikeError(f"k must be at least 1, got {k}")
+        queries = self._check(queries, "queries")
+        n = len(queries)
+        q_unit, q_norm = l2_normalize(queries)
+        exclude_rows = None
+        if exclude is not None:
+            exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
+            if len(exclude) != n:
+                raise LookalikeError(f"exclude has {len(exclude)} ids for {n} queries")
+            exclude_rows = np.full(n, -1, dtype=np.int64)
+            present = np.isin(exclude, self.ids)
+            if present.any():
+                exclude_rows[present] = self.rows_of(exclude[present])
+        worst = -np.inf if metric == "cosine" else np.inf
+        out_scores = np.full((n, k), worst, dtype=np.float32)
+        out_ids = np.full((n, k), -1, dtype=np.int64)
+        kk = min(k, len(self.ids))
+        if kk == 0:
+            return out_scores, out_ids
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            sims = q_unit[start:stop] @ self.vectors.T  # (c, N)
+            if metric == "cosine":
+                keyed = sims
+            else:
+                qn = q_norm[start:stop, None]
+                d2 = qn**2 + self.norms[None, :] ** 2 - 2.0 * qn * self.norms[None, :] * sims
+                keyed = -np.sqrt(np.maximum(d2, 0.0))
+            if exclude_rows is not None:
+                rows = exclude_rows[start:stop]
+                has = np.flatnonzero(rows >= 0)
+                keyed[has, rows[has]] = -np.inf
+            if kk < keyed.shape[1]:
+                part = np.argpartition(-keyed, kk - 1, axis=1)[:, :kk]
+            else:
+                part = np.broadcast_to(np.arange(keyed.shape[1]), (stop - start, keyed.shape[1]))
+            top = np.take_along_axis(keyed, part, axis=1)
+            order = np.lexsort((self.ids[part], -top), axis=1)  # best first, ties by id
+            part = np.take_along_axis(part, order, axis=1)
+            top = np.take_along_axis(top, order, axis=1)
+            valid = np.isfinite(top)
+            scores = top if metric == "cosine" else -top
+            out_scores[start:stop, :kk] = np.where(valid, scores, worst)
+            out_ids[start:stop, :kk] = np.where(valid, self.ids[part], -1)
+        return out_scores, out_ids
+
+    # ------------------------------------------------------------------------------------------- files
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``vectors.npy``, ``norms.npy`` and ``ids.npy`` into ``directory`` (which must be a new,
+        temporary folder: the caller renames the whole folder into place)."""
+        directory = Path(directory)
+        np.save(directory / "vectors.npy", self.vectors, allow_pickle=False)
+        np.save(directory / "norms.npy", self.norms, allow_pickle=False)
+        np.save(directory / "ids.npy", self.ids, allow_pickle=False)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], mmap: bool = False) -> ExactIndex:
+        """Read what :meth:`save` wrote; ``mmap=True`` maps the vectors instead of reading them."""
+        directory = Path(directory)
+        try:
+            vectors = np.load(directory / "vectors.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+            norms = np.load(directory / "norms.npy", allow_pickle=False)
+            ids = np.load(directory / "ids.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise LookalikeError(f"{directory}: unreadable index vectors ({exc})") from None
+        if vectors.ndim != 2 or len(vectors) != len(ids) or len(norms) != len(ids):
+            raise LookalikeError(f"{directory}: index vectors, norms and ids disagree in length")
+        index = cls(vectors.shape[1])
+        index.vectors, index.norms, index.ids = vectors, norms.astype(np.float32), ids.astype(np.int64)
+        return index

@@ -1,0 +1,234 @@
+"""The model users hold: a network plus the preprocessing it was trained with."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import Preprocessing, TrainConfig
+from ..data import denormalize, image_to_array, load_pixels, normalize
+from ..errors import LookalikeError
+from ..serialization import read_model_dir, sha256_hex, weights_bytes, write_model_dir
+from .autoencoders import ConvAutoencoder, build_network, init_weights
+from .presets import resolve_preset
+
+logger = logging.getLogger(__name__)
+
+ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when present, else cpu; anything else is checked to exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LookalikeError(f"device {device!r} requested but no CUDA GPU is available")
+    return dev
+
+
+class Model:
+    """A convolutional autoencoder whose encoder turns images into embeddings.
+
+    Build one with :meth:`from_preset` (untrained), :func:`lookalike.train` (trained) or :meth:`load`.
+
+    Attributes:
+        network: the torch module (``encode``/``decode``/``forward``).
+        preprocessing: how images are prepared for it, saved with it.
+        architecture: architecture name; ``arch_kwargs`` its keyword arguments.
+        preset: the preset it was made from.
+        train_config: how it was (or will be) trained.
+    """
+
+    def __init__(
+        self,
+        network: ConvAutoencoder,
+        preprocessing: Preprocessing,
+        *,
+        architecture: str,
+        arch_kwargs: dict[str, Any],
+        preset: str,
+        train_config: TrainConfig | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.network = network
+        self.preprocessing = preprocessing
+        self.architecture = architecture
+        self.arch_kwargs = dict(arch_kwargs)
+        self.preset = preset
+        self.train_config = train_config or TrainConfig()
+        self.info: dict[str, Any] = dict(info or {})  # training summary: epochs done, losses, images
+        self._fingerprint: str | None = None
+
+    # ----------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str = "default",
+        *,
+        image_size: int | None = None,
+        latent_dim: int | None = None,
+        channels: int | None = None,
+        **train_overrides: Any,
+    ) -> Model:
+        """An untrained model from a preset, with optional overrides (see :mod:`lookalike.models.presets`)."""
+        try:
+            arch, kwargs, prep, train = resolve_preset(
+                preset, image_size=image_size, latent_dim=latent_dim, channels=channels, **train_overrides
+            )
+            torch.manual_seed(train.seed)
+            network = build_network(arch, in_channels=prep.channels, image_size=prep.image_size, **kwargs)
+        except ValueError as exc:
+            raise LookalikeError(str(exc)) from None
+        init_weights(network, train.init)
+        return cls(network, prep, architecture=arch, arch_kwargs=kwargs, preset=preset, train_config=train)
+
+    # -------------------------------------------------------------------------------------- properties
+    @property
+    def embedding_dim(self) -> int:
+        """Length of the embedding vectors."""
+        return self.network.embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights live."""
+        return next(self.network.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the weights as saved: names the exact model an index was built with."""
+        if self._fingerprint is None:
+            self._fingerprint = sha256_hex(weights_bytes(self.network.state_dict()))
+        return self._fingerprint
+
+    def mark_changed(self) -> None:
+        """Forget the cached fingerprint after the weights changed (training does this)."""
+        self._fingerprint = None
+
+    def to(self, device: str | torch.device) -> Model:
+        """Move the network to a device (``"auto"`` picks cuda when present)."""
+        dev = resolve_device(device) if isinstance(device, str) else device
+        self.network.to(dev)
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """What ``config.json`` records about this model."""
+        return {
+            "preset": self.preset,
+            "architecture": {"name": self.architecture, "in_channels": self.preprocessing.channels,
+                             "image_size": self.preprocessing.image_size, **self.arch_kwargs},
+            "embedding_dim": self.embedding_dim,
+            "preprocessing": self.preprocessing.to_dict(),
+            "training": self.train_config.to_dict(),
+            "info": self.info,
+        }  # fmt: skip
+
+    def describe(self) -> str:
+        """One line: preset, architecture, input, embedding size."""
+        p = self.preprocessing
+        mode = "RGB" if p.channels == 3 else "grey"
+        return (
+            f"{self.preset} ({self.architecture}, {p.image_size}x{p.image_size} {mode} -> "
+            f"{self.embedding_dim}-d, {sum(t.numel() for t in self.network.parameters()):,} parameters)"
+        )
+
+    # ------------------------------------------------------------------------------------------ saving
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically, file by file)."""
+        self._fingerprint = write_model_dir(directory, self.config(), self.network.state_dict())
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], device: str = "cpu") -> Model:
+        """Load a model directory written by :meth:`save`.
+
+        Raises:
+            LookalikeError: not a model directory, another format version, or weights that do not fit.
+        """
+        config, state = read_model_dir(directory)
+        try:
+            arch = dict(config["architecture"])
+            name = arch.pop("name")
+            prep = Preprocessing.from_dict(config["preprocessing"])
+            network = build_network(name, **arch)
+            network.load_state_dict(state, strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0]
+            raise LookalikeError(f"{Path(directory) / 'config.json'}: model does not load ({reason})") from None
+        arch.pop("in_channels", None)
+        arch.pop("image_size", None)
+        model = cls(
+            network,
+            prep,
+            architecture=name,
+            arch_kwargs=arch,
+            preset=config.get("preset", name),
+            train_config=TrainConfig.from_dict(config.get("training", {})),
+            info=config.get("info", {}),
+        )
+        model._fingerprint = config.get("weights_sha256")
+        return model.to(device)
+
+    # --------------------------------------------------------------------------------------- inference
+    def prepare(self, image: ImageLike) -> np.ndarray:
+        """One image (path, Pillow image, or HxW[xC] uint8 array) -> uint8 ``(C, S, S)`` model pixels."""
+        if isinstance(image, Image.Image):
+            return image_to_array(image, self.preprocessing)
+        if isinstance(image, np.ndarray):
+            arr = image if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
+            if arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[:, :, 0]
+            return image_to_array(Image.fromarray(arr), self.preprocessing)
+        return load_pixels(image, self.preprocessing)[0]
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Prepared uint8 pixels ``(n, C, S, S)`` -> raw (not normalised) float32 embeddings ``(n, d)``."""
+        pixels = torch.as_tensor(pixels)
+        if pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
+            raise LookalikeError(f"expected pixels of shape (n, {', '.join(map(str, self.input_shape))}), "
+                                 f"got {tuple(pixels.shape)}")  # fmt: skip
+        net = self.network.eval()
+        dev = self.device
+        out = np.empty((len(pixels), self.embedding_dim), dtype=np.float32)
+        for start in range(0, len(pixels), batch_size):
+            x = normalize(pixels[start : start + batch_size].to(dev), self.preprocessing)
+            if dev.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out[start : start + len(x)] = net.encode(x).float().cpu().numpy()
+        return out
+
+    def embed(self, images: Iterable[ImageLike], batch_size: int = 256) -> np.ndarray:
+        """Images (paths, Pillow images or arrays) -> raw float32 embeddings ``(n, d)``.
+
+        Raises:
+            ImageDecodeError: an image file cannot be read (the message names it).
+        """
+        prepared = [self.prepare(im) for im in images]
+        if not prepared:
+            return np.empty((0, self.embedding_dim), dtype=np.float32)
+        return self.embed_pixels(np.stack(prepared), batch_size=batch_size)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, S, S)`` of the prepared pixels."""
+        p = self.preprocessing
+        return (p.channels, p.image_size, p.image_size)
+
+    @torch.inference_mode()
+    def reconstruct(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Prepared uint8 pixels -> the autoencoder's reconstructions as uint8 ``(n, C, S, S)``."""
+        x = normalize(torch.as_tensor(pixels).to(self.device), self.preprocessing)
+        recon = denormalize(self.network.eval()(x)[0].float(), self.preprocessing)
+        return (recon * 255).round().to(torch.uint8).cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"Model({self.describe()})"
+

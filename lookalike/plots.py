@@ -1,0 +1,121 @@
+"""Pictures: reconstruction grids, loss curves, and query/result grids.
+
+matplotlib is used with its non-interactive Agg backend; every function writes a PNG atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .serialization import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike[str], dpi: int = 120) -> Path:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _as_hwc(img: np.ndarray) -> np.ndarray:
+    """uint8 (C, H, W) or (H, W, C) or (H, W) -> something imshow takes."""
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[2] not in (1, 3):
+        img = img.transpose(1, 2, 0)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    return img
+
+
+def reconstruction_grid(
+    originals: np.ndarray, reconstructions: np.ndarray, path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Originals in the top row, their reconstructions below (as seed 001 shows), uint8 ``(n, C, H, W)``."""
+    plt = _pyplot()
+    n = len(originals)
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.5), squeeze=False)
+    for i in range(n):
+        for row, imgs in enumerate((originals, reconstructions)):
+            ax = axes[row, i]
+            img = _as_hwc(imgs[i])
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if i == 0:
+            axes[0, 0].set_ylabel("original", fontsize=8)
+            axes[1, 0].set_ylabel("reconstructed", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def loss_curve(history: Sequence[dict], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Train and validation loss per epoch from a training history (dicts with epoch/train_loss/val_loss)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    val = [h.get("val_loss") for h in history]
+    if any(v is not None for v in val):
+        ax.plot(epochs, [np.nan if v is None else v for v in val], marker="o", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("reconstruction loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def result_grid(
+    rows: Sequence[tuple[np.ndarray, str, Sequence[tuple[np.ndarray, str]]]],
+    path: str | os.PathLike[str],
+    title: str = "",
+) -> Path:
+    """One row per query: the query image, then its results, each captioned (like seed 004's plot).
+
+    Args:
+        rows: ``(query_image, query_caption, [(result_image, caption), ...])``; images are uint8
+            ``(H, W[, C])`` or ``(C, H, W)``.
+        path: the PNG to write.
+        title: a line above the grid.
+    """
+    plt = _pyplot()
+    ncols = 1 + max((len(r[2]) for r in rows), default=0)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.6 * ncols, 1.9 * len(rows)), squeeze=False)
+    for r, (qimg, qcap, results) in enumerate(rows):
+        cells = [(qimg, qcap)] + list(results)
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(cells):
+                ax.axis("off")
+                continue
+            img, cap = cells[c]
+            img = _as_hwc(img)
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_title(cap, fontsize=7)
+            if c == 0:
+                for side in ax.spines.values():
+                    side.set_edgecolor("tab:blue")
+                    side.set_linewidth(2.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

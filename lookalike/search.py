@@ -1,0 +1,334 @@
+"""The Python API users hold: build, load and query an index of a folder of images.
+
+    >>> import lookalike
+    >>> model = lookalike.train("photos/", "model/")          # doctest: +SKIP
+    >>> index = lookalike.Index.build("photos/", model, "photos.index")   # doctest: +SKIP
+    >>> for hit in index.search("query.jpg", k=5):             # doctest: +SKIP
+    ...     print(hit.rank, f"{hit.score:.3f}", hit.path)
+
+An index directory holds ``manifest.json`` (format, the model's fingerprint, the root folder, counts),
+``vectors.npy``/``norms.npy``/``ids.npy``, ``catalog.sqlite`` and a copy of the model in ``model/`` so
+it is self-contained. It is written into a temporary sibling folder and renamed into place, so a failed
+or interrupted build never damages an index that was already there.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ._version import __version__
+from .catalog import Catalog, CatalogEntry, label_for
+from .data import find_images
+from .embed import embed_files
+from .errors import LookalikeError
+from .index import ExactIndex
+from .models import Model
+from .models.model import ImageLike
+from .serialization import atomic_write_json, read_json
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = "lookalike-index"
+INDEX_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+CATALOG_NAME = "catalog.sqlite"
+MODEL_SUBDIR = "model"
+
+Query = ImageLike | int
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    rank: int  # 1-based position in the ranking
+    id: int  # the image's id in the index catalog
+    path: Path  # absolute path of the image file
+    score: float  # cosine similarity (higher is closer) or euclidean distance (lower is closer)
+    label: str | None = None  # the image's parent folder relative to the indexed root, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def is_index_dir(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` holds an index manifest."""
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder into place, replacing an old index only after success."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _check_target(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_index_dir(out_dir))):
+        raise LookalikeError(f"{out_dir}: exists and is not a lookalike index; refusing to replace it")
+
+
+class Index:
+    """A searchable index of a folder of images.
+
+    Use :meth:`build` to create one from a folder and :meth:`load` to open a saved one.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        vectors: ExactIndex,
+        entries: Sequence[CatalogEntry],
+        root: Path,
+        manifest: dict[str, Any],
+        directory: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.vectors = vectors
+        self.entries = {e.id: e for e in entries}
+        self._by_path = {e.path: e.id for e in entries}
+        self.root = root
+        self.manifest = manifest
+        self.directory = directory
+
+    # ------------------------------------------------------------------------------------------ build
+    @classmethod
+    def build(
+        cls,
+        folder: str | os.PathLike[str],
+        model: Model | str | os.PathLike[str] | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
+        *,
+        batch_size: int = 256,
+        num_workers: int = 1,
+        callbacks: Sequence[Any] = (),
+    ) -> Index:
+        """Embed every image under ``folder`` and (optionally) write the index to ``out_dir``.
+
+        Args:
+            folder: the images, found recursively.
+            model: a :class:`Model`, a model directory, or None to train the default model first.
+            out_dir: where to write the index; None keeps it in memory.
+            batch_size: images per forward pass.
+            num_workers: DataLoader processes decoding images.
+            callbacks: objects with optional ``on_embed(done, total)`` and ``on_skip(path, reason)``
+                (and the training callbacks when a model is trained first).
+
+        Raises:
+            LookalikeError: no images, none readable, or ``out_dir`` exists and is not an index.
+        """
+        out = Path(out_dir).expanduser() if out_dir is not None else None
+        if out is not None:
+            _check_target(out)
+        paths = find_images(folder)
+        root = Path(folder).expanduser().resolve()
+        if model is None:
+            from .train import train
+
+            model = train(folder, callbacks=callbacks)
+        elif not isinstance(model, Model):
+            model = Model.load(model)
+        result = embed_files(model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
+        if len(result.positions) == 0:
+            raise LookalikeError(f"{root}: none of the {len(paths)} image files could be read")
+        entries = []
+        for new_id, (pos, digest) in enumerate(zip(result.positions.tolist(), result.digests)):
+            p = paths[pos]
+            st = p.stat()
+            rel = p.relative_to(root).as_posix()
+            entries.append(CatalogEntry(new_id, rel, st.st_size, st.st_mtime_ns, digest, label_for(rel)))
+        vectors = ExactIndex(model.embedding_dim)
+        vectors.add(result.vectors, np.arange(len(entries)))
+        manifest = {
+            "format": INDEX_FORMAT,
+            "format_version": INDEX_FORMAT_VERSION,
+            "lookalike_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "root": str(root),
+            "count": len(entries),
+            "skipped": [{"path": str(p), "reason": r} for p, r in result.failures],
+            "embed_seconds": round(result.seconds, 3),
+            "backend": "exact",
+            "model": {
+                "fingerprint": model.fingerprint,
+                "preset": model.preset,
+                "architecture": model.architecture,
+                "embedding_dim": model.embedding_dim,
+                "preprocessing": model.preprocessing.to_dict(),
+            },
+        }
+        index = cls(model, vectors, entries, root, manifest)
+        if out is not None:
+            index.save(out)
+        return index
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write the index folder atomically (temporary sibling folder, then rename)."""
+        out = Path(out_dir).expanduser()
+        _check_target(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            self.model.save(tmp / MODEL_SUBDIR)
+            self.vectors.save(tmp)
+            catalog = Catalog.create(tmp / CATALOG_NAME)
+            catalog.add(self.entries.values())
+            catalog.close()
+            atomic_write_json(tmp / MANIFEST_NAME, self.manifest)
+            _replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.directory = out
+        return out
+
+    # ------------------------------------------------------------------------------------------- load
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], model: Model | str | os.PathLike[str] | None = None) -> Index:
+        """Open a saved index.
+
+        Args:
+            directory: the index folder.
+            model: use this model (or model directory) for queries instead of the index's own copy; it
+                must be the model the index was built with.
+
+        Raises:
+            LookalikeError: not an index, another format version, or a different model.
+        """
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            raise LookalikeError(f"{directory}: index directory does not exist")
+        if not is_index_dir(directory):
+            raise LookalikeError(f"{directory}: not a lookalike index (no {MANIFEST_NAME})")
+        manifest = read_json(directory / MANIFEST_NAME, "index manifest")
+        if manifest.get("format") != INDEX_FORMAT or manifest.get("format_version") != INDEX_FORMAT_VERSION:
+            raise LookalikeError(
+                f"{directory / MANIFEST_NAME}: index format {manifest.get('format_version')!r} written by "
+                f"lookalike {manifest.get('lookalike_version', '?')}; lookalike {__version__} reads format "
+                f"{INDEX_FORMAT_VERSION} (rebuild the index)"
+            )
+        expected = manifest.get("model", {}).get("fingerprint")
+        if model is None:
+            model = Model.load(directory / MODEL_SUBDIR)
+        elif not isinstance(model, Model):
+            model = Model.load(model)
+        if model.fingerprint != expected:
+            raise LookalikeError(
+                f"{directory}: index was built with model {str(expected)[:12]} "
+                f"({manifest.get('model', {}).get('preset', '?')}), not with the given model "
+                f"{model.fingerprint[:12]} ({model.preset}); rebuild the index with that model"
+            )
+        vectors = ExactIndex.load(directory)
+        if vectors.dim != model.embedding_dim:
+            raise LookalikeError(f"{directory}: vectors are {vectors.dim}-d but the model gives {model.embedding_dim}-d")
+        catalog = Catalog.open(directory / CATALOG_NAME)
+        entries = catalog.entries()
+        catalog.close()
+        if len(entries) != len(vectors):
+            raise LookalikeError(f"{directory}: catalog has {len(entries)} images but there are {len(vectors)} vectors")
+        return cls(model, vectors, entries, Path(manifest["root"]), manifest, directory)
+
+    # ------------------------------------------------------------------------------------------ query
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def path_of(self, id_: int) -> Path:
+        """Absolute path of an indexed image."""
+        return self.root / self.entries[int(id_)].path
+
+    def id_of(self, path: str | os.PathLike[str]) -> int | None:
+        """The id of an indexed file given its path (absolute, or relative to the root), or None."""
+        p = Path(path).expanduser()
+        try:
+            rel = (p.resolve() if p.is_absolute() or p.exists() else self.root / p).relative_to(self.root)
+        except ValueError:
+            return None
+        return self._by_path.get(rel.as_posix())
+
+    def _embed_queries(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw query vectors and, per query, its own id in the index (or -1)."""
+        own = np.full(len(queries), -1, dtype=np.int64)
+        vecs = np.empty((len(queries), self.vectors.dim), dtype=np.float32)
+        to_embed: list[tuple[int, ImageLike]] = []
+        for i, q in enumerate(queries):
+            if isinstance(q, int | np.integer) and not isinstance(q, bool):
+                if int(q) not in self.entries:
+                    raise LookalikeError(f"no image with id {int(q)} in this index ({len(self)} images)")
+                own[i] = int(q)
+                vecs[i] = self.vectors.reconstruct(np.array([int(q)]))[0]
+            else:
+                if isinstance(q, str | os.PathLike):
+                    own[i] = self.id_of(q) if Path(q).exists() else -1
+                to_embed.append((i, q))
+        if to_embed:
+            vecs[[i for i, _ in to_embed]] = self.model.embed([q for _, q in to_embed])
+        return vecs, own
+
+    def search_batch(
+        self, queries: Sequence[Query], k: int = 10, *, metric: str = "cosine", exclude_self: bool = False
+    ) -> list[list[Hit]]:
+        """Search several queries at once; see :meth:`search`."""
+        vecs, own = self._embed_queries(list(queries))
+        scores, ids = self.vectors.search(vecs, k, metric=metric, exclude=own if exclude_self else None)
+        out = []
+        for srow, irow in zip(scores, ids):
+            hits = []
+            for rank, (s, i) in enumerate(zip(srow.tolist(), irow.tolist()), start=1):
+                if i < 0:
+                    break
+                e = self.entries[i]
+                hits.append(Hit(rank, i, self.root / e.path, float(s), e.label))
+            out.append(hits)
+        return out
+
+    def search(self, query: Query, k: int = 10, *, metric: str = "cosine", exclude_self: bool = False) -> list[Hit]:
+        """The ``k`` indexed images most like ``query``.
+
+        Args:
+            query: an image file path, a Pillow image, an ``(H, W[, C])`` uint8 array, or an indexed id.
+                Images are prepared exactly as the model's training images were.
+            k: how many results.
+            metric: ``cosine`` (similarity of L2-normalised embeddings, higher is closer) or
+                ``euclidean`` (distance between raw embeddings, lower is closer; seeds 002 and 004).
+            exclude_self: leave out the query's own entry when it is an indexed image (by id or path).
+
+        Returns:
+            Hits, best first.
+
+        Raises:
+            LookalikeError: the query is not an image (the message names it) or an unknown id.
+        """
+        return self.search_batch([query], k, metric=metric, exclude_self=exclude_self)[0]
+
+    def thumbnail(self, id_: int, size: int = 96) -> np.ndarray:
+        """A small RGB/L uint8 array of an indexed image, for result grids."""
+        from .data import decode_image
+
+        im = decode_image(self.path_of(id_), self.model.preprocessing.channels, draft_size=size)
+        im.thumbnail((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im)
+
+    def __repr__(self) -> str:
+        return f"Index({len(self)} images of {self.root}, model {self.model.preset} {self.model.fingerprint[:12]})"
