@@ -286,17 +286,23 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _prepare_output_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> None:
-    if out_dir is None or resume:
-        return
-    if (out_dir / CONFIG_NAME).exists() or (out_dir / CHECKPOINT_NAME).exists():
-        if not overwrite:
-            raise LookalikeError(
-                f"{out_dir}: already holds a model; pass --resume to continue training it or --overwrite to replace it"
-            )
-        for name in (CHECKPOINT_NAME, LOSS_PLOT):
-            (out_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(out_dir / RECON_DIR, ignore_errors=True)
+def _holds_model(out_dir: Path | None) -> bool:
+    return out_dir is not None and ((out_dir / CONFIG_NAME).exists() or (out_dir / CHECKPOINT_NAME).exists())
+
+
+def _check_output_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, to train over a saved model unless asked to."""
+    if not resume and not overwrite and _holds_model(out_dir):
+        raise LookalikeError(
+            f"{out_dir}: already holds a model; pass --resume to continue training it or --overwrite to replace it"
+        )
+
+
+def _clear_old_outputs(out_dir: Path) -> None:
+    """With --overwrite, once the new data has been read: drop the old run's checkpoint and pictures."""
+    for name in (CHECKPOINT_NAME, LOSS_PLOT):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / RECON_DIR, ignore_errors=True)
 
 
 def train(
@@ -340,7 +346,7 @@ def train(
         LookalikeError: no images, nothing readable, a model already in ``out_dir``, a bad option.
     """
     out = Path(out_dir).expanduser() if out_dir is not None else None
-    _prepare_output_dir(out, resume, overwrite)
+    _check_output_dir(out, resume, overwrite)
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction)
     resume_state = None
     paths: list[Path] | None = None
@@ -371,6 +377,8 @@ def train(
         pixels = arrays_to_pixels(np.asarray(images), model.preprocessing)
         data = TrainingData(pixels, [f"image[{i}]" for i in range(len(pixels))], [])
     if out is not None:
+        if overwrite and not resume and _holds_model(out):
+            _clear_old_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
     return Trainer(model, out, callbacks).fit(data, resume_state=resume_state)
 

@@ -140,6 +140,14 @@ class ExactIndex:
                 keyed[has, rows[has]] = -np.inf
             if kk < keyed.shape[1]:
                 part = np.argpartition(-keyed, kk - 1, axis=1)[:, :kk]
+                # argpartition picks arbitrarily among entries tied with the k-th best; where it left a
+                # tied entry out, redo that row so ties are settled by id (smallest first).
+                picked = np.take_along_axis(keyed, part, axis=1)
+                cut = picked.min(axis=1)
+                tied = (keyed == cut[:, None]).sum(axis=1) > (picked == cut[:, None]).sum(axis=1)
+                for r in np.flatnonzero(tied):
+                    cand = np.flatnonzero(keyed[r] >= cut[r])
+                    part[r] = cand[np.lexsort((self.ids[cand], -keyed[r, cand]))[:kk]]
             else:
                 part = np.broadcast_to(np.arange(keyed.shape[1]), (stop - start, keyed.shape[1]))
             top = np.take_along_axis(keyed, part, axis=1)

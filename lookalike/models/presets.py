@@ -33,7 +33,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
         architecture="residual",
-        arch_kwargs={"widths": [32, 64, 128], "latent_dim": 256},
+        arch_kwargs={"widths": [24, 48, 96], "latent_dim": 256},
         preprocessing=Preprocessing(image_size=32),
         train=TrainConfig(
             epochs=15, batch_size=128, lr=2e-3, weight_decay=1e-4, optimizer="adamw", schedule="cosine",

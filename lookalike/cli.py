@@ -1,0 +1,445 @@
+"""The ``lookalike`` command line: a thin shell over the Python API.
+
+This is the only module that prints tables and progress bars or parses arguments. Every user-facing
+problem ends in one line on stderr (``error: <file>: <reason>``) and exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from .errors import LookalikeError
+
+app = typer.Typer(
+    name="lookalike",
+    help="Learn what a folder of images looks like, index it, and find lookalikes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+datasets_app = typer.Typer(help="Built-in datasets: list them, export them as class folders of images.")
+app.add_typer(datasets_app, name="datasets")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_INDEX_SUBDIR = ".lookalike"  # where `lookalike index FOLDER` puts the index without -o
+PRESET_NAMES = ("default", "cifar-seed", "mnist-seed", "dense-latent", "folder-seed")
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn LookalikeError (and Ctrl-C) into one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LookalikeError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted; anything already saved is unchanged") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens in detail.")] = False,
+) -> None:
+    _configure_logging(verbose)
+
+
+# ------------------------------------------------------------------------------------- progress
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+class ConsoleCallbacks:
+    """Progress bars and skip reports for training, decoding and embedding."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+        self.skipped = 0
+
+    def _task(self, name: str, total: int | None, description: str) -> Any:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(description, total=total, info="")
+        return self.tasks[name]
+
+    def on_skip(self, path: Path, reason: str) -> None:
+        self.skipped += 1
+        self.progress.console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
+
+    def on_decode(self, done: int, total: int) -> None:
+        self.progress.update(self._task("decode", total, "decoding"), completed=done)
+
+    def on_embed(self, done: int, total: int) -> None:
+        task = self._task("embed", total, "embedding")
+        elapsed = self.progress.tasks[task].elapsed or 0.0
+        rate = f"{done / elapsed:,.0f} img/s" if elapsed > 0 else ""
+        self.progress.update(task, completed=done, info=rate)
+
+    def on_train_start(self, model: Any, start_epoch: int, epochs: int, steps: int) -> None:
+        self.steps = steps
+        self.progress.console.print(f"training {model.describe()}", highlight=False)
+        task = self._task("train", epochs * steps, "training")
+        self.progress.update(task, completed=start_epoch * steps)
+
+    def on_step(self, epoch: int, step: int, loss: float, images_per_s: float) -> None:
+        task = self.tasks["train"]
+        info = f"epoch {epoch} loss {loss:.4f} {images_per_s:,.0f} img/s"
+        self.progress.update(task, completed=(epoch - 1) * self.steps + step, info=info)
+
+    def on_epoch_end(self, stats: Any) -> None:
+        val = f", validation {stats.val_loss:.4f}" if stats.val_loss is not None else ""
+        self.progress.console.print(
+            f"epoch {stats.epoch}: train loss {stats.train_loss:.4f}{val} "
+            f"({stats.seconds:.1f} s, {stats.images_per_s:,.0f} img/s)",
+            highlight=False,
+        )
+
+
+def _show_path(path: Path | str) -> str:
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+# ---------------------------------------------------------------------------------------- train
+@app.command()
+@handles_errors
+def train(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
+    preset: Annotated[str, typer.Option(help=f"Model recipe: {', '.join(PRESET_NAMES)}.")] = "default",
+    epochs: Annotated[int | None, typer.Option(help="Passes over the images (the preset's by default).")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Square input size in pixels (default preset: 32 or 64 from the data).")
+    ] = None,
+    latent_dim: Annotated[int | None, typer.Option(help="Embedding size, for presets that have one.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per optimiser step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split, the weights and the batch order.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Share of images held out for validation.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when present).")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/checkpoint.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in OUTPUT.")] = False,
+) -> None:
+    """Train an autoencoder on FOLDER and write the model directory.
+
+    Writes config.json + model.safetensors (the model), checkpoint.pt (to --resume), loss.png
+    (train/validation loss) and reconstructions/epoch_NNN.png (originals above, reconstructions below).
+    """
+    from .train import train as train_model
+
+    with _progress() as progress:
+        model = train_model(
+            folder, output, preset=preset, epochs=epochs, image_size=image_size, latent_dim=latent_dim,
+            batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction,
+            num_workers=workers, resume=resume, overwrite=overwrite, callbacks=[ConsoleCallbacks(progress)],
+        )  # fmt: skip
+    console.print(f"model written to [bold]{_show_path(output)}[/] ({model.describe()})", highlight=False)
+    console.print(f"loss curve: {_show_path(Path(output) / 'loss.png')}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------- index
+@app.command()
+@handles_errors
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Model directory; without it the default model is trained first.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help=f"Index directory (default: FOLDER/{DEFAULT_INDEX_SUBDIR}).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs when training the default model first.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
+) -> None:
+    """Embed every image in FOLDER and write a searchable index.
+
+    Unreadable files are skipped and reported, one line each, with a count at the end. The index is
+    written to a temporary folder and renamed into place, so an existing index survives any failure.
+    """
+    from .models import Model
+    from .search import Index
+    from .train import train as train_model
+
+    out = output if output is not None else Path(folder) / DEFAULT_INDEX_SUBDIR
+    t0 = time.perf_counter()
+    with _progress() as progress:
+        callbacks = [ConsoleCallbacks(progress)]
+        if model is None:
+            from .search import _check_target
+
+            _check_target(out)
+            progress.console.print("no --model given: training the default model on the folder first")
+            the_model = train_model(folder, epochs=epochs, num_workers=workers, callbacks=callbacks)
+        else:
+            the_model = Model.load(model)
+        built = Index.build(folder, the_model, out, batch_size=batch_size, num_workers=workers, callbacks=callbacks)
+    skipped = len(built.manifest["skipped"])
+    console.print(
+        f"indexed [bold]{len(built):,}[/] images into [bold]{_show_path(out)}[/] in {time.perf_counter() - t0:.1f} s"
+        + (f"; skipped {skipped} unreadable file{'s' if skipped != 1 else ''}" if skipped else ""),
+        highlight=False,
+    )
+
+
+# --------------------------------------------------------------------------------------- search
+def _resolve_index_dir(path: Path) -> Path:
+    from .search import is_index_dir
+
+    if not is_index_dir(path) and is_index_dir(path / DEFAULT_INDEX_SUBDIR):
+        return path / DEFAULT_INDEX_SUBDIR
+    return path
+
+
+def _parse_query(text: str) -> str | int:
+    if not Path(text).exists() and text.isdigit():
+        return int(text)
+    if not Path(text).exists():
+        raise LookalikeError(f"{text}: no such file, and not an indexed id")
+    return text
+
+
+def _hits_table(title: str, hits: list, metric: str) -> Table:
+    table = Table(title=title, title_justify="left", highlight=False)
+    table.add_column("rank", justify="right")
+    table.add_column("similarity" if metric == "cosine" else "distance", justify="right")
+    table.add_column("id", justify="right")
+    table.add_column("path")
+    has_labels = any(h.label for h in hits)
+    if has_labels:
+        table.add_column("label")
+    for h in hits:
+        row = [str(h.rank), f"{h.score:.4f}", str(h.id), _show_path(h.path)]
+        table.add_row(*row, *([h.label or ""] if has_labels else []))
+    return table
+
+
+def _plot_results(idx: Any, queries: list[str | int], results: list[list], path: Path, metric: str) -> Path:
+    from .plots import result_grid
+
+    size = 96
+    rows = []
+    for q, hits in zip(queries, results):
+        if isinstance(q, int):
+            qimg, qcap = idx.thumbnail(q, size), f"query #{q}\n{idx.entries[q].label or ''}".strip()
+        else:
+            from PIL import Image
+
+            from .data import decode_image
+
+            im = decode_image(q, idx.model.preprocessing.channels, draft_size=size)
+            im.thumbnail((size, size), Image.Resampling.BILINEAR)
+            import numpy as np
+
+            qimg, qcap = np.asarray(im), f"query\n{Path(q).name}"
+        cells = [(idx.thumbnail(h.id, size), f"#{h.rank}  {h.score:.3f}\n{h.label or h.path.name}") for h in hits]
+        rows.append((qimg, qcap, cells))
+    what = "cosine similarity" if metric == "cosine" else "euclidean distance"
+    return result_grid(rows, path, title=f"query (left) and its {len(results[0])} nearest images, {what}")
+
+
+@app.command()
+@handles_errors
+def search(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory (or a folder indexed without -o).")],
+    queries: Annotated[list[str], typer.Argument(help="Image files, or ids of indexed images.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Results per query.")] = 10,
+    metric: Annotated[
+        str, typer.Option(help="cosine (similarity, higher is closer) or euclidean (distance, lower is closer).")
+    ] = "cosine",
+    exclude_self: Annotated[bool, typer.Option("--exclude-self", help="Leave out the query's own entry.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of each query and its results.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory to check against.")] = None,
+) -> None:
+    """Find the indexed images most like each QUERY.
+
+    A query is prepared exactly as the model's training images were (the preprocessing is read from the
+    model). Scores are cosine similarities of L2-normalised embeddings, or euclidean distances of the raw
+    embeddings with --metric euclidean.
+    """
+    from .search import Index
+
+    if metric not in ("cosine", "euclidean"):
+        raise LookalikeError(f"--metric must be cosine or euclidean, got {metric!r}")
+    if k < 1:
+        raise LookalikeError(f"-k must be at least 1, got {k}")
+    idx = Index.load(_resolve_index_dir(index_dir), model=model)
+    parsed = [_parse_query(q) for q in queries]
+    results = idx.search_batch(parsed, k, metric=metric, exclude_self=exclude_self)
+    if as_json:
+        payload = [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in zip(queries, results)]
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        for q, hits in zip(queries, results):
+            console.print(_hits_table(f"query: {q}", hits, metric))
+    if plot is not None:
+        written = _plot_results(idx, parsed, results, plot, metric)
+        (err_console if as_json else console).print(f"picture written to {_show_path(written)}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------- datasets
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """List the built-in datasets."""
+    from .datasets import DATASETS
+
+    table = Table(highlight=False)
+    for col in ("name", "images", "description"):
+        table.add_column(col)
+    for name, info in DATASETS.items():
+        table.add_row(name, f"{info.split_sizes['train']:,} train / {info.split_sizes['test']:,} test", info.description)
+    console.print(table)
+
+
+@datasets_app.command("export")
+@handles_errors
+def datasets_export(
+    name: Annotated[str, typer.Argument(help="cifar10, mnist or digits.")],
+    directory: Annotated[Path, typer.Argument(help="New folder to write class folders of PNG images into.")],
+    split: Annotated[str, typer.Option(help="train or test.")] = "train",
+    limit: Annotated[int | None, typer.Option(help="At most this many images per class.")] = None,
+    no_download: Annotated[bool, typer.Option("--no-download", help="Use the cache only.")] = False,
+) -> None:
+    """Write a built-in dataset as DIRECTORY/<class>/<split>_NNNNN.png."""
+    from .datasets import export_dataset
+
+    with _progress() as progress:
+        task = progress.add_task("exporting", total=None, info="")
+        n = export_dataset(
+            name, directory, split=split, limit=limit, download=not no_download,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )  # fmt: skip
+    console.print(f"wrote {n:,} images to {_show_path(directory)}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------- demo
+DEMO_MARKER = ".lookalike-demo"
+
+
+@app.command()
+@handles_errors
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's images, model and index.")] = Path(
+        "lookalike-demo"
+    ),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    per_class: Annotated[int, typer.Option(help="Images per class taken from the dataset.")] = 300,
+    queries: Annotated[int, typer.Option(help="How many example queries to run.")] = 4,
+    k: Annotated[int, typer.Option("-k", help="Results per query.")] = 5,
+    no_download: Annotated[bool, typer.Option("--no-download", help="Do not try to download CIFAR-10/MNIST.")] = False,
+) -> None:
+    """Train the default model on a built-in dataset, index it, and show a few searches.
+
+    Uses CIFAR-10 (then MNIST) from the cache or a download when possible, otherwise scikit-learn's
+    bundled digits, and says which. Writes OUTPUT/results.png with each query and its lookalikes.
+    """
+    import numpy as np
+
+    from .datasets import export_dataset, load_demo_dataset
+    from .search import Index
+    from .train import train as train_model
+
+    t0 = time.perf_counter()
+    if output.exists() and any(output.iterdir()) and not (output / DEMO_MARKER).exists():
+        raise LookalikeError(f"{output}: exists and was not made by `lookalike demo`; pick another --output")
+    data, line = load_demo_dataset(download=not no_download)
+    console.print(line, highlight=False)
+    for sub in ("images", "model", "index"):
+        shutil.rmtree(output / sub, ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / DEMO_MARKER).write_text("made by `lookalike demo`; safe to delete\n")
+    images_dir = output / "images"
+    n = export_dataset(data.name, images_dir, split=data.split, limit=per_class, download=False)
+    console.print(f"wrote {n:,} {data.name} images to {_show_path(images_dir)} (one folder per class)", highlight=False)
+    with _progress() as progress:
+        callbacks = [ConsoleCallbacks(progress)]
+        model = train_model(images_dir, output / "model", epochs=epochs, num_workers=1, callbacks=callbacks)
+        idx = Index.build(images_dir, model, output / "index", num_workers=1, callbacks=callbacks)
+    # One query per class (the first image of each of the first `queries` classes), self excluded.
+    first_of_label: dict[str, int] = {}
+    for e in idx.entries.values():
+        first_of_label.setdefault(e.label or "", e.id)
+    picks = list(first_of_label.values())[:queries]
+    results = idx.search_batch(picks, k, exclude_self=True)
+    same = []
+    for q, hits in zip(picks, results):
+        label = idx.entries[q].label
+        same.extend(h.label == label for h in hits)
+        console.print(_hits_table(f"query #{q}: {_show_path(idx.path_of(q))}", hits, "cosine"))
+    picture = _plot_results(idx, picks, results, output / "results.png", "cosine")
+    console.print(
+        f"{np.mean(same):.0%} of the results share their query's class. "
+        f"Picture: [bold]{_show_path(picture)}[/]. Done in {time.perf_counter() - t0:.0f} s.",
+        highlight=False,
+    )
+    console.print(
+        f"Try: lookalike search {_show_path(output / 'index')} {_show_path(idx.path_of(picks[0]))} -k 10",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``lookalike`` console script."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
