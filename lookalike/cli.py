@@ -6,6 +6,7 @@ problem ends in one line on stderr (``error: <file>: <reason>``) and exit code 1
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -13,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -86,7 +87,19 @@ def _main(
 
 
 # ------------------------------------------------------------------------------------- progress
-def _progress() -> Progress:
+@contextlib.contextmanager
+def _progress() -> Iterator[Progress]:
+    """Progress bars on stderr that stay on success and vanish on an error (leaving one error line)."""
+    progress = _make_progress()
+    with progress:
+        try:
+            yield progress
+        except BaseException:
+            progress.live.transient = True
+            raise
+
+
+def _make_progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -222,9 +235,11 @@ def index(
     with _progress() as progress:
         callbacks = [ConsoleCallbacks(progress)]
         if model is None:
+            from .data import find_images
             from .search import _check_target
 
             _check_target(out)
+            find_images(folder)  # fail on a bad folder before training
             progress.console.print("no --model given: training the default model on the folder first")
             the_model = train_model(folder, epochs=epochs, num_workers=workers, callbacks=callbacks)
         else:

@@ -107,8 +107,10 @@ def to_mode(im: Image.Image, channels: int) -> Image.Image:
     Transparent pixels become white; palette images with a transparent colour are treated as alpha.
     """
     mode = im.mode
-    if mode == "P":
-        im = _flatten_alpha(im) if "transparency" in im.info else im.convert("RGB")
+    if mode in ("P", "L", "RGB") and "transparency" in im.info:  # a transparent colour (PNG tRNS)
+        im = _flatten_alpha(im)
+    elif mode == "P":
+        im = im.convert("RGB")
     elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         im = _flatten_alpha(im)
     elif mode in ("I", "F") or mode.startswith("I;16"):

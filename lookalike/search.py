@@ -280,7 +280,8 @@ class Index:
                 vecs[i] = self.vectors.reconstruct(np.array([int(q)]))[0]
             else:
                 if isinstance(q, str | os.PathLike):
-                    own[i] = self.id_of(q) if Path(q).exists() else -1
+                    found = self.id_of(q) if Path(q).exists() else None
+                    own[i] = -1 if found is None else found
                 to_embed.append((i, q))
         if to_embed:
             vecs[[i for i, _ in to_embed]] = self.model.embed([q for _, q in to_embed])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("LOOKALIKE_CACHE", str(Path(__file__).parent / ".cache-never-used"))
+# Tests never touch the user's dataset cache, and never reach the network.
+os.environ["LOOKALIKE_CACHE"] = tempfile.mkdtemp(prefix="lookalike-test-cache-")
 
 
 def make_class_images(root: Path, per_class: int = 12, size: int = 24, seed: int = 0) -> dict[str, list[Path]]:

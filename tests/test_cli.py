@@ -1,0 +1,119 @@
+"""The command line: each verb end to end, and one-line errors with non-zero exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lookalike.cli import app
+
+from .conftest import make_class_images, tree_snapshot
+
+runner = CliRunner()
+
+
+def run(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_train_index_search_end_to_end(class_folder: Path, tmp_path: Path) -> None:
+    model_dir, index_dir = tmp_path / "model", tmp_path / "index"
+    result = run("train", class_folder, "-o", model_dir, "--epochs", "2", "--image-size", "16", "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    assert "epoch 2: train loss" in result.output and (model_dir / "loss.png").exists()
+    result = run("index", class_folder, "--model", model_dir, "-o", index_dir, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "indexed 24 images" in result.output
+    query = class_folder / "warm" / "warm_01.png"
+    result = run("search", index_dir, query, "-k", "3")
+    assert result.exit_code == 0, result.output
+    assert "warm_01.png" in result.output and "similarity" in result.output
+    result = run("search", index_dir, query, "5", "-k", "3", "--json", "--exclude-self", "--metric", "euclidean")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [p["query"] for p in payload] == [str(query), "5"]
+    assert all(len(p["hits"]) == 3 for p in payload)
+    assert str(query.resolve()) not in [h["path"] for h in payload[0]["hits"]]
+    assert 5 not in [h["id"] for h in payload[1]["hits"]]
+    scores = [h["score"] for h in payload[0]["hits"]]
+    assert scores == sorted(scores)  # distances ascend
+    plot = tmp_path / "out.png"
+    result = run("search", index_dir, query, "-k", "4", "--plot", plot)
+    assert result.exit_code == 0, result.output
+    assert Image.open(plot).size[0] > 200
+
+
+def test_index_without_model_trains_the_default_first(tmp_path: Path) -> None:
+    make_class_images(tmp_path / "photos", per_class=4, size=16)
+    result = run("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "training the default model" in result.output
+    assert (tmp_path / "photos" / ".lookalike" / "manifest.json").exists()
+    # the folder itself can be searched, and the index inside it is not indexed as images
+    result = run("search", tmp_path / "photos", "0", "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert not any(".lookalike" in h["path"] for h in json.loads(result.stdout)[0]["hits"])
+
+
+def test_errors_are_one_line_and_leave_saved_things_alone(built_index_dir: Path, tmp_path: Path) -> None:
+    line = _one_error_line(run("train", tmp_path / "nope", "-o", tmp_path / "m"))
+    assert "nope: folder does not exist" in line
+    (tmp_path / "empty").mkdir()
+    assert "folder is empty" in _one_error_line(run("index", tmp_path / "empty", "-o", tmp_path / "i"))
+    before = tree_snapshot(built_index_dir)
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is not a png")
+    assert "bad.png: not an image" in _one_error_line(run("search", built_index_dir, bad))
+    assert "no such file" in _one_error_line(run("search", built_index_dir, tmp_path / "missing.jpg"))
+    assert "not a lookalike index" in _one_error_line(run("search", tmp_path, "0"))
+    assert "--metric" in _one_error_line(run("search", built_index_dir, "0", "--metric", "hamming"))
+    assert "model format" in _one_error_line(run("index", tmp_path / "empty", "--model", _old_model(built_index_dir, tmp_path)))
+    assert tree_snapshot(built_index_dir) == before
+
+
+def _old_model(index_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    old = tmp_path / "old-model"
+    shutil.copytree(index_dir / "model", old)
+    config = json.loads((old / "config.json").read_text())
+    config["format_version"] = 0
+    (old / "config.json").write_text(json.dumps(config))
+    return old
+
+
+def test_datasets_export_and_list(tmp_path: Path) -> None:
+    result = run("datasets", "list")
+    assert result.exit_code == 0 and "cifar10" in result.output and "digits" in result.output
+    result = run("datasets", "export", "digits", tmp_path / "digits", "--limit", "3")
+    assert result.exit_code == 0, result.output
+    classes = sorted(p.name for p in (tmp_path / "digits").iterdir())
+    assert classes == [str(i) for i in range(10)]
+    assert len(list((tmp_path / "digits").rglob("*.png"))) == 30
+    assert "is not empty" in _one_error_line(run("datasets", "export", "digits", tmp_path / "digits"))
+
+
+def test_demo_offline_falls_back_to_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("demo", "--no-download", "--epochs", "1", "--per-class", "6", "--queries", "2", "-k", "3")
+    assert result.exit_code == 0, result.output
+    first_line = result.output.split("wrote")[0]
+    assert "not in the cache" in first_line and "digits" in first_line
+    assert Image.open(tmp_path / "lookalike-demo" / "results.png").size[0] > 200
+    assert (tmp_path / "lookalike-demo" / "index" / "manifest.json").exists()
+    again = run("demo", "--no-download", "--epochs", "1", "--per-class", "6", "--queries", "1")
+    assert again.exit_code == 0, again.output  # a re-run replaces its own outputs
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    assert "not made by `lookalike demo`" in _one_error_line(run("demo", "-o", tmp_path / "mine", "--no-download"))
