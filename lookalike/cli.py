@@ -212,7 +212,8 @@ def train(
 def index(
     folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Model directory; without it the default model is trained first.")
+        Path | None,
+        typer.Option("--model", "-m", help="Model directory; without it the default model is trained first."),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help=f"Index directory (default: FOLDER/{DEFAULT_INDEX_SUBDIR}).")
@@ -359,7 +360,9 @@ def datasets_list() -> None:
     for col in ("name", "images", "description"):
         table.add_column(col)
     for name, info in DATASETS.items():
-        table.add_row(name, f"{info.split_sizes['train']:,} train / {info.split_sizes['test']:,} test", info.description)
+        table.add_row(
+            name, f"{info.split_sizes['train']:,} train / {info.split_sizes['test']:,} test", info.description
+        )
     console.print(table)
 
 
@@ -391,9 +394,9 @@ DEMO_MARKER = ".lookalike-demo"
 @app.command()
 @handles_errors
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's images, model and index.")] = Path(
-        "lookalike-demo"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the demo's images, model and index.")
+    ] = Path("lookalike-demo"),
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
     per_class: Annotated[int, typer.Option(help="Images per class taken from the dataset.")] = 300,
     queries: Annotated[int, typer.Option(help="How many example queries to run.")] = 4,

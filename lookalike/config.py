@@ -109,21 +109,3 @@ class TrainConfig:
         """Build from :meth:`to_dict` output, ignoring unknown keys."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-
-@dataclass
-class EmbedConfig:
-    """How images are turned into vectors for the index."""
-
-    batch_size: int = 256  # images per forward pass
-    num_workers: int = 1  # DataLoader worker processes decoding images (0 decodes in the main process)
-    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto"
-
-
-@dataclass
-class SearchConfig:
-    """Defaults for queries."""
-
-    k: int = 10  # results per query
-    metric: str = "cosine"  # "cosine" (similarity, higher is closer) or "euclidean" (distance, lower is closer)
-    exclude_self: bool = False  # drop the query's own entry when the query is an indexed image

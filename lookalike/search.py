@@ -242,7 +242,9 @@ class Index:
             )
         vectors = ExactIndex.load(directory)
         if vectors.dim != model.embedding_dim:
-            raise LookalikeError(f"{directory}: vectors are {vectors.dim}-d but the model gives {model.embedding_dim}-d")
+            raise LookalikeError(
+                f"{directory}: vectors are {vectors.dim}-d but the model gives {model.embedding_dim}-d"
+            )
         catalog = Catalog.open(directory / CATALOG_NAME)
         entries = catalog.entries()
         catalog.close()

@@ -79,7 +79,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_model_dir(directory: str | os.PathLike[str], config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
+def write_model_dir(
+    directory: str | os.PathLike[str], config: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> str:
     """Write ``config.json`` + ``model.safetensors`` into ``directory``; returns the weights' sha256.
 
     ``config`` gets ``format``, ``format_version``, ``lookalike_version`` and ``weights_sha256`` added.

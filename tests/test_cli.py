@@ -78,7 +78,9 @@ def test_errors_are_one_line_and_leave_saved_things_alone(built_index_dir: Path,
     assert "no such file" in _one_error_line(run("search", built_index_dir, tmp_path / "missing.jpg"))
     assert "not a lookalike index" in _one_error_line(run("search", tmp_path, "0"))
     assert "--metric" in _one_error_line(run("search", built_index_dir, "0", "--metric", "hamming"))
-    assert "model format" in _one_error_line(run("index", tmp_path / "empty", "--model", _old_model(built_index_dir, tmp_path)))
+    assert "model format" in _one_error_line(
+        run("index", tmp_path / "empty", "--model", _old_model(built_index_dir, tmp_path))
+    )
     assert tree_snapshot(built_index_dir) == before
 
 

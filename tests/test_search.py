@@ -118,7 +118,9 @@ def test_rebuild_replaces_atomically_and_failures_keep_the_old_index(
     assert len(Index.load(out)) == len(rebuilt) == 12
 
 
-def test_refuses_to_write_over_a_folder_that_is_not_an_index(class_folder: Path, trained_model_dir: Path, tmp_path: Path) -> None:
+def test_refuses_to_write_over_a_folder_that_is_not_an_index(
+    class_folder: Path, trained_model_dir: Path, tmp_path: Path
+) -> None:
     target = tmp_path / "precious"
     target.mkdir()
     (target / "thesis.txt").write_text("do not delete")

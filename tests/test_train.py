@@ -93,7 +93,12 @@ def test_bad_folders_fail_clearly_and_leave_the_model_alone(kind: str, tmp_path:
         (folder / "a.jpg").write_text("not really a jpeg")
         (folder / "b.png").write_bytes(b"")
     before = tree_snapshot(trained_model_dir)
-    expected = {"missing": "does not exist", "empty": "empty", "no-images": "no images", "all-unreadable": "could be read"}
+    expected = {
+        "missing": "does not exist",
+        "empty": "empty",
+        "no-images": "no images",
+        "all-unreadable": "could be read",
+    }
     with pytest.raises(LookalikeError, match=expected[kind]) as info:
         train(folder, trained_model_dir, epochs=1, overwrite=True)
     assert str(folder.name) in str(info.value)
@@ -154,8 +159,6 @@ def test_trained_model_finds_same_class_far_above_chance(tmp_path: Path) -> None
     model = train(tmp_path / "img", epochs=4, batch_size=16, seed=0)
     index = Index.build(tmp_path / "img", model, num_workers=0)
     results = index.search_batch(list(index.entries), k=5, exclude_self=True)
-    precision = np.mean(
-        [[h.label == index.entries[q].label for h in hits] for q, hits in zip(index.entries, results)]
-    )
+    precision = np.mean([[h.label == index.entries[q].label for h in hits] for q, hits in zip(index.entries, results)])
     assert precision > 0.85, precision
     assert len(PRESETS) == 5

@@ -40,14 +40,17 @@ class ConvAutoencoder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        """Length of the vectors :meth:`encode` returns."""
-        with torch.no_grad():
+        """Length of the vectors :meth:`encode` returns (probed once with a zero image, then cached)."""
+        cached = self.__dict__.get("_embedding_dim")
+        if cached is None:
             was_training = self.training
             self.eval()
             probe = torch.zeros(1, self.in_channels, self.image_size, self.image_size)
-            dim = self.encode(probe.to(next(self.parameters()).device)).shape[1]
+            with torch.no_grad():
+                cached = int(self.encode(probe.to(next(self.parameters()).device)).shape[1])
             self.train(was_training)
-        return int(dim)
+            self.__dict__["_embedding_dim"] = cached
+        return cached
 
 
 def _check_divisible(image_size: int, factor: int, name: str) -> None:

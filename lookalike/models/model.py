@@ -231,4 +231,3 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.describe()})"
-

@@ -1,0 +1,288 @@
+"""Tests for lookalike.index.exact: ExactIndex against brute force numpy, scipy and scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from sklearn.neighbors import NearestNeighbors
+
+from lookalike.errors import LookalikeError
+from lookalike.index.exact import ExactIndex
+
+DIM = 12
+
+
+def make_data(n=60, q=9, seed=0):
+    rng = np.random.default_rng(seed)
+    # varied norms, so that euclidean and cosine rank differently
+    vectors = (rng.normal(size=(n, DIM)) * rng.uniform(0.2, 5.0, size=(n, 1))).astype(np.float32)
+    queries = (rng.normal(size=(q, DIM)) * rng.uniform(0.2, 5.0, size=(q, 1))).astype(np.float32)
+    ids = (rng.permutation(10 * n)[:n] * 3 + 7).astype(np.int64)  # not 0..n-1, not sorted
+    return vectors, queries, ids
+
+
+def build(vectors, ids):
+    index = ExactIndex(vectors.shape[1])
+    index.add(vectors, ids)
+    return index
+
+
+def brute(vectors, ids, queries, k, metric):
+    """Reference (scores, ids): float64, full sort, ties by id, padded like ExactIndex."""
+    v = vectors.astype(np.float64)
+    q = queries.astype(np.float64)
+    if metric == "cosine":
+        vn = np.linalg.norm(v, axis=1, keepdims=True)
+        qn = np.linalg.norm(q, axis=1, keepdims=True)
+        scores = (q / np.where(qn > 0, qn, 1)) @ (v / np.where(vn > 0, vn, 1)).T
+        key = -scores
+    else:
+        scores = cdist(q, v)
+        key = scores
+    out_s = np.full((len(q), k), -np.inf if metric == "cosine" else np.inf)
+    out_i = np.full((len(q), k), -1, dtype=np.int64)
+    for r in range(len(q)):
+        order = np.lexsort((ids, key[r]))[:k]
+        out_s[r, : len(order)] = scores[r, order]
+        out_i[r, : len(order)] = ids[order]
+    return out_s, out_i
+
+
+def assert_matches(got, want, metric):
+    (gs, gi), (ws, wi) = got, want
+    assert gs.shape == ws.shape and gi.shape == wi.shape
+    assert gi.dtype == np.int64
+    np.testing.assert_array_equal(gi, wi)
+    np.testing.assert_allclose(gs, ws, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+@pytest.mark.parametrize("k", [1, 5, 60])
+def test_search_matches_brute_force(metric, chunk, k):
+    vectors, queries, ids = make_data()
+    index = build(vectors, ids)
+    got = index.search(queries, k, metric=metric, chunk=chunk)
+    assert_matches(got, brute(vectors, ids, queries, k, metric), metric)
+    assert np.all(np.isfinite(got[0]))
+
+
+def test_scores_are_cosine_similarity_and_true_distance():
+    vectors, queries, ids = make_data(n=20, q=3)
+    index = build(vectors, ids)
+    s, i = index.search(queries, 20, metric="cosine")
+    rows = {int(x): r for r, x in enumerate(ids)}
+    for qi in range(3):
+        for score, id_ in zip(s[qi], i[qi]):
+            v, q = vectors[rows[int(id_)]], queries[qi]
+            assert score == pytest.approx(float(v @ q / np.linalg.norm(v) / np.linalg.norm(q)), abs=1e-5)
+        assert np.all(np.diff(s[qi]) <= 0)  # descending similarity
+    d, i = index.search(queries, 20, metric="euclidean")
+    for qi in range(3):
+        for dist, id_ in zip(d[qi], i[qi]):
+            assert dist == pytest.approx(float(np.linalg.norm(vectors[rows[int(id_)]] - queries[qi])), rel=1e-4)
+        assert np.all(np.diff(d[qi]) >= 0)  # ascending distance
+    # a query equal to an indexed vector finds it first, at distance ~0 / similarity ~1
+    d, i = index.search(vectors[4], 1, metric="euclidean")
+    assert i[0, 0] == ids[4] and d[0, 0] < 1e-2
+    s, i = index.search(vectors[4], 1, metric="cosine")
+    assert i[0, 0] == ids[4] and s[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("metric, pad", [("cosine", -np.inf), ("euclidean", np.inf)])
+def test_k_larger_than_index_is_padded(metric, pad):
+    vectors, queries, ids = make_data(n=6, q=4)
+    index = build(vectors, ids)
+    scores, got = index.search(queries, 10, metric=metric, chunk=3)
+    assert scores.shape == (4, 10) and got.shape == (4, 10)
+    assert np.all(got[:, 6:] == -1) and np.all(scores[:, 6:] == pad)
+    assert np.all(np.isfinite(scores[:, :6]))
+    assert all(sorted(row[:6]) == sorted(ids) for row in got)
+    assert_matches((scores, got), brute(vectors, ids, queries, 10, metric), metric)
+
+
+def test_empty_index_returns_only_padding():
+    index = ExactIndex(DIM)
+    scores, ids = index.search(np.ones((2, DIM), np.float32), 3)
+    assert np.all(ids == -1) and np.all(scores == -np.inf)
+    assert len(index) == 0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("k", [3, 59, 60, 80])
+def test_exclude_removes_only_the_own_id(metric, k):
+    vectors, _, ids = make_data()
+    index = build(vectors, ids)
+    queries = vectors[:10]
+    exclude = ids[:10].copy()
+    exclude[3] = -1  # no exclusion for this query
+    exclude[4] = 123456  # an id not in the index: nothing to exclude
+    scores, got = index.search(queries, k, metric=metric, exclude=exclude, chunk=4)
+    full_s, full_i = index.search(queries, k + 1, metric=metric)
+    for r in range(10):
+        if r in (3, 4):
+            assert got[r, 0] == ids[r]
+            np.testing.assert_array_equal(got[r], full_i[r, :k])
+            continue
+        assert ids[r] not in got[r]
+        keep = full_i[r] != ids[r]
+        np.testing.assert_array_equal(got[r], full_i[r][keep][:k])
+        np.testing.assert_allclose(scores[r], full_s[r][keep][:k], rtol=1e-5)
+
+
+def test_exclude_must_have_one_id_per_query():
+    vectors, queries, ids = make_data()
+    index = build(vectors, ids)
+    with pytest.raises(LookalikeError, match="exclude"):
+        index.search(queries, 3, exclude=ids[:2])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_remove_then_search(metric):
+    vectors, queries, ids = make_data()
+    index = build(vectors, ids)
+    gone = ids[::3]
+    assert index.remove(np.concatenate([gone, [999999]])) == len(gone)
+    assert len(index) == len(ids) - len(gone)
+    keep = ~np.isin(ids, gone)
+    got = index.search(queries, 8, metric=metric, chunk=5)
+    assert not np.isin(got[1], gone).any()
+    assert_matches(got, brute(vectors[keep], ids[keep], queries, 8, metric), metric)
+    assert index.remove(gone) == 0
+    with pytest.raises(LookalikeError, match=str(gone[0])):
+        index.reconstruct(gone[:1])
+    # removed ids can be added again
+    index.add(vectors[::3], gone)
+    assert_matches(index.search(queries, 8, metric=metric), brute(vectors, ids, queries, 8, metric), metric)
+
+
+def test_reconstruct_returns_raw_vectors():
+    vectors, _, ids = make_data()
+    index = build(vectors, ids)
+    pick = [5, 0, 59, 5]
+    np.testing.assert_allclose(index.reconstruct(ids[pick]), vectors[pick], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(index.reconstruct(ids[7]), vectors[7:8], rtol=1e-5, atol=1e-6)
+    with pytest.raises(LookalikeError, match="no entry with id 4"):
+        index.reconstruct([ids[0], 4])
+    with pytest.raises(LookalikeError):
+        ExactIndex(DIM).reconstruct([1])
+
+
+def test_dimension_and_length_mismatches_are_errors():
+    vectors, queries, ids = make_data()
+    index = build(vectors, ids)
+    with pytest.raises(LookalikeError, match=f"{DIM}-d"):
+        index.add(np.ones((2, DIM + 1), np.float32), [1, 2])
+    with pytest.raises(LookalikeError, match=f"{DIM}-d"):
+        index.search(np.ones((2, DIM - 1), np.float32), 3)
+    with pytest.raises(LookalikeError, match=f"{DIM}-d"):
+        index.search(np.ones((2, 1, DIM), np.float32), 3)
+    with pytest.raises(LookalikeError, match="ids"):
+        index.add(np.ones((3, DIM), np.float32), [1, 2])
+    with pytest.raises(LookalikeError, match="metric"):
+        index.search(queries, 3, metric="manhattan")
+    with pytest.raises(LookalikeError, match="k must"):
+        index.search(queries, 0)
+    assert len(index) == len(ids)
+    # a single 1-d query is accepted
+    one = index.search(queries[0], 4)
+    np.testing.assert_array_equal(one[1], index.search(queries[:1], 4)[1])
+
+
+def test_duplicate_ids_are_rejected_and_leave_the_index_unchanged():
+    vectors, queries, ids = make_data()
+    index = build(vectors, ids)
+    before = index.search(queries, 5)
+    with pytest.raises(LookalikeError, match="unique"):
+        index.add(np.ones((2, DIM), np.float32), [1, 1])
+    with pytest.raises(LookalikeError, match="unique"):
+        index.add(np.ones((2, DIM), np.float32), [1, ids[10]])
+    assert len(index) == len(ids)
+    after = index.search(queries, 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    with pytest.raises(LookalikeError):
+        build(vectors[:3], np.array([4, 5, 4]))
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_save_load_round_trip(tmp_path, mmap):
+    vectors, queries, ids = make_data()
+    index = build(vectors, ids)
+    index.save(tmp_path)
+    loaded = ExactIndex.load(tmp_path, mmap=mmap)
+    assert loaded.dim == DIM and len(loaded) == len(ids)
+    assert isinstance(loaded.vectors, np.memmap) == mmap
+    np.testing.assert_array_equal(loaded.ids, ids)
+    np.testing.assert_allclose(loaded.reconstruct(ids), vectors, rtol=1e-5, atol=1e-6)
+    for metric in ("cosine", "euclidean"):
+        a, b = index.search(queries, 7, metric=metric), loaded.search(queries, 7, metric=metric)
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[0], b[0])
+    # a loaded (even memory-mapped) index can still change
+    loaded.add(np.ones((1, DIM), np.float32), [1])
+    assert loaded.remove(ids[:2]) == 2 and len(loaded) == len(ids) - 1
+
+
+def test_load_missing_or_inconsistent_files(tmp_path):
+    with pytest.raises(LookalikeError, match=str(tmp_path / "nothing")):
+        ExactIndex.load(tmp_path / "nothing")
+    vectors, _, ids = make_data()
+    build(vectors, ids).save(tmp_path)
+    np.save(tmp_path / "ids.npy", ids[:-1])
+    with pytest.raises(LookalikeError, match="disagree"):
+        ExactIndex.load(tmp_path)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("chunk", [1, 256])
+def test_ties_are_ordered_by_id(metric, chunk):
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=DIM).astype(np.float32)
+    others = rng.normal(size=(30, DIM)).astype(np.float32) * 10 + 50  # all far away
+    vectors = np.concatenate([np.repeat(base[None], 12, axis=0), others])
+    ids = np.concatenate([np.arange(112, 100, -1), np.arange(200, 230)])  # tied ids in descending rows
+    order = rng.permutation(len(ids))
+    index = build(vectors[order], ids[order])
+    queries = np.stack([base, base * 2]) if metric == "cosine" else np.stack([base, base])
+    for k in (1, 3, 12, 15):
+        scores, got = index.search(queries, k, metric=metric, chunk=chunk)
+        tied = min(k, 12)
+        assert got[:, :tied].tolist() == [list(range(101, 101 + tied))] * 2
+        assert np.all(scores[:, :tied] == scores[:, :1])
+    # and the result does not depend on insertion order
+    again = build(vectors, ids).search(queries, 5, metric=metric)
+    np.testing.assert_array_equal(again[1], index.search(queries, 5, metric=metric)[1])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_zero_vectors_do_not_produce_nan(metric):
+    vectors, queries, ids = make_data(n=10, q=2)
+    vectors[3] = 0.0
+    index = build(vectors, ids)
+    queries = np.concatenate([queries, np.zeros((1, DIM), np.float32)])
+    scores, got = index.search(queries, 10, metric=metric)
+    assert not np.isnan(scores).any()
+    assert np.all(got >= 0) and all(sorted(r) == sorted(ids) for r in got)
+    assert_matches((scores, got), brute(vectors, ids, queries, 10, metric), metric)
+    row = list(got[0]).index(ids[3])
+    if metric == "cosine":
+        assert scores[0, row] == 0.0
+        assert np.all(scores[2] == 0.0)
+        assert list(got[2]) == sorted(ids)  # all tied: by id
+        assert list(index.search(queries[2], 3, metric=metric)[1][0]) == sorted(ids)[:3]
+    else:
+        assert scores[0, row] == pytest.approx(float(np.linalg.norm(queries[0])), rel=1e-5)
+        np.testing.assert_allclose(np.sort(scores[2]), np.sort(np.linalg.norm(vectors, axis=1)), rtol=1e-5)
+    np.testing.assert_array_equal(index.reconstruct(ids[3:4]), np.zeros((1, DIM)))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_agrees_with_sklearn_nearest_neighbors(metric):
+    vectors, queries, ids = make_data(n=80, q=15, seed=3)
+    nn = NearestNeighbors(n_neighbors=10, algorithm="brute", metric=metric).fit(vectors.astype(np.float64))
+    dist, rows = nn.kneighbors(queries.astype(np.float64))
+    scores, got = build(vectors, ids).search(queries, 10, metric=metric, chunk=4)
+    np.testing.assert_array_equal(got, ids[rows])
+    expected = 1.0 - dist if metric == "cosine" else dist
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
