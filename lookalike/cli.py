@@ -221,6 +221,9 @@ def index(
     epochs: Annotated[int | None, typer.Option(help="Epochs when training the default model first.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
+    precision: Annotated[
+        str, typer.Option(help="Encoder precision: auto (bf16 on CPUs with native bfloat16, else fp32), fp32, bf16.")
+    ] = "auto",
 ) -> None:
     """Embed every image in FOLDER and write a searchable index.
 
@@ -245,7 +248,9 @@ def index(
             the_model = train_model(folder, epochs=epochs, num_workers=workers, callbacks=callbacks)
         else:
             the_model = Model.load(model)
-        built = Index.build(folder, the_model, out, batch_size=batch_size, num_workers=workers, callbacks=callbacks)
+        built = Index.build(
+            folder, the_model, out, batch_size=batch_size, num_workers=workers, precision=precision, callbacks=callbacks
+        )
     skipped = len(built.manifest["skipped"])
     console.print(
         f"indexed [bold]{len(built):,}[/] images into [bold]{_show_path(out)}[/] in {time.perf_counter() - t0:.1f} s"

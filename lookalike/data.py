@@ -62,21 +62,21 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         raise LookalikeError(f"{root}: not a folder")
     root = root.resolve()
-    found: list[Path] = []
+    found: list[str] = []  # plain strings while walking: Path objects cost a second per 50,000 files
     seen_any = False
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             seen_any = True
-            if not name.startswith(".") and is_image_file(name):
-                found.append(Path(dirpath) / name)
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(os.path.join(dirpath, name))
     if not found:
         if not seen_any:
             raise LookalikeError(f"{root}: folder is empty")
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise LookalikeError(f"{root}: no images found (looked for {exts})")
-    found.sort()
-    return found
+    found.sort(key=lambda p: p.split(os.sep))  # the order of sorting Path objects
+    return [Path(p) for p in found]
 
 
 def _flatten_alpha(im: Image.Image) -> Image.Image:
@@ -209,9 +209,10 @@ def load_pixels(
 
 def normalize(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` pixels -> float32 model input ``(x / 255 - mean) / std``."""
-    mean = torch.tensor(prep.mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
-    return (pixels.float() / 255.0 - mean) / std
+    scale = torch.tensor([1.0 / (255.0 * s) for s in prep.std], dtype=torch.float32, device=pixels.device)
+    shift = torch.tensor([m / s for m, s in zip(prep.mean, prep.std)], dtype=torch.float32, device=pixels.device)
+    x = pixels.to(torch.float32)
+    return x.mul_(scale.view(1, -1, 1, 1)).sub_(shift.view(1, -1, 1, 1))  # one pass less than /255, -mean, /std
 
 
 def denormalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:

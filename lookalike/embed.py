@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from ._callbacks import emit
 from .data import image_loader
-from .models import Model
+from .models import Model, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -59,23 +61,22 @@ def embed_files(
     positions: list[int] = []
     digests: list[str] = []
     failures: list[tuple[Path, str]] = []
-    done = 0
     loader = image_loader(paths, model.preprocessing, batch_size=batch_size, num_workers=num_workers, with_hash=True)
-    for batch in loader:
-        if batch.indices:
-            m = len(positions)
-            vectors[m : m + len(batch.indices)] = model.embed_pixels(batch.pixels, batch_size=batch_size)
-            positions.extend(batch.indices)
-            digests.extend(d or "" for d in batch.digests)
-        for i, reason in batch.failures:
-            failures.append((paths[i], reason))
-            for cb in callbacks:
-                if hasattr(cb, "on_skip"):
-                    cb.on_skip(paths[i], reason)
-        done += len(batch.indices) + len(batch.failures)
-        for cb in callbacks:
-            if hasattr(cb, "on_embed"):
-                cb.on_embed(done, len(paths))
+    # Decoding workers get cores of their own: the encoder takes what is left, so the two don't fight.
+    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - loader.num_workers))
+    done = 0
+    with torch_threads(threads):
+        for batch in loader:
+            if batch.indices:
+                m = len(positions)
+                vectors[m : m + len(batch.indices)] = model.embed_pixels(batch.pixels, batch_size=batch_size)
+                positions.extend(batch.indices)
+                digests.extend(d or "" for d in batch.digests)
+            for i, reason in batch.failures:
+                failures.append((paths[i], reason))
+                emit(callbacks, "on_skip", paths[i], reason)
+            done += len(batch.indices) + len(batch.failures)
+            emit(callbacks, "on_embed", done, len(paths))
     return EmbedResult(
         vectors[: len(positions)], np.asarray(positions, dtype=np.int64), digests, failures, time.perf_counter() - t0
     )

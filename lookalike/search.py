@@ -123,6 +123,7 @@ class Index:
         *,
         batch_size: int = 256,
         num_workers: int = 1,
+        precision: str = "auto",
         callbacks: Sequence[Any] = (),
     ) -> Index:
         """Embed every image under ``folder`` and (optionally) write the index to ``out_dir``.
@@ -133,6 +134,8 @@ class Index:
             out_dir: where to write the index; None keeps it in memory.
             batch_size: images per forward pass.
             num_workers: DataLoader processes decoding images.
+            precision: encoder precision, ``fp32``, ``bf16`` or ``auto`` (bf16 on CPUs that compute it
+                natively); recorded in the manifest so queries are encoded the same way.
             callbacks: objects with optional ``on_embed(done, total)`` and ``on_skip(path, reason)``
                 (and the training callbacks when a model is trained first).
 
@@ -150,6 +153,7 @@ class Index:
             model = train(folder, callbacks=callbacks)
         elif not isinstance(model, Model):
             model = Model.load(model)
+        model.set_precision(precision)
         result = embed_files(model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
         if len(result.positions) == 0:
             raise LookalikeError(f"{root}: none of the {len(paths)} image files could be read")
@@ -171,6 +175,7 @@ class Index:
             "skipped": [{"path": str(p), "reason": r} for p, r in result.failures],
             "embed_seconds": round(result.seconds, 3),
             "backend": "exact",
+            "precision": model.precision,
             "model": {
                 "fingerprint": model.fingerprint,
                 "preset": model.preset,
@@ -240,6 +245,7 @@ class Index:
                 f"({manifest.get('model', {}).get('preset', '?')}), not with the given model "
                 f"{model.fingerprint[:12]} ({model.preset}); rebuild the index with that model"
             )
+        model.set_precision(manifest.get("precision", "fp32"))
         vectors = ExactIndex.load(directory)
         if vectors.dim != model.embedding_dim:
             raise LookalikeError(

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ._callbacks import emit
 from .config import Preprocessing, TrainConfig
 from .data import arrays_to_pixels, find_images, image_loader, normalize
 from .errors import LookalikeError
@@ -59,13 +60,6 @@ class TrainCallback(Protocol):
     def on_train_start(self, model: Model, start_epoch: int, epochs: int, steps_per_epoch: int) -> None: ...
     def on_step(self, epoch: int, step: int, loss: float, images_per_s: float) -> None: ...
     def on_epoch_end(self, stats: EpochStats) -> None: ...
-
-
-def _emit(callbacks: Sequence[Any], name: str, *args: Any) -> None:
-    for cb in callbacks:
-        fn = getattr(cb, name, None)
-        if fn is not None:
-            fn(*args)
 
 
 @dataclass
@@ -104,9 +98,9 @@ def decode_folder(
             ok[batch.indices] = True
         for i, reason in batch.failures:
             skipped.append((paths[i], reason))
-            _emit(callbacks, "on_skip", paths[i], reason)
+            emit(callbacks, "on_skip", paths[i], reason)
         done += len(batch.indices) + len(batch.failures)
-        _emit(callbacks, "on_decode", done, len(paths))
+        emit(callbacks, "on_decode", done, len(paths))
     keep = np.flatnonzero(ok)
     return TrainingData(pixels[keep], [str(paths[i]) for i in keep], skipped)
 
@@ -183,7 +177,7 @@ class Trainer:
             scheduler.load_state_dict(resume_state["scheduler"])
             start_epoch = int(resume_state["epoch"])
         preview = data.pixels[val_idx[:10] if len(val_idx) else train_idx[:10]]
-        _emit(self.callbacks, "on_train_start", model, start_epoch, cfg.epochs, steps)
+        emit(self.callbacks, "on_train_start", model, start_epoch, cfg.epochs, steps)
         gen = torch.Generator().manual_seed(cfg.seed)
         for epoch in range(start_epoch, cfg.epochs):
             gen.manual_seed(cfg.seed * 1000 + epoch)
@@ -200,7 +194,7 @@ class Trainer:
             model.mark_changed()
             if self.out_dir is not None:
                 self._write_outputs(epoch + 1, optimizer, scheduler, preview)
-            _emit(self.callbacks, "on_epoch_end", stats)
+            emit(self.callbacks, "on_epoch_end", stats)
         net.to(memory_format=torch.contiguous_format)
         net.eval()
         return model
@@ -234,7 +228,7 @@ class Trainer:
                 raise LookalikeError(f"training diverged at epoch {epoch + 1} (loss {value}); lower --lr")
             total += value * len(idx)
             seen += len(idx)
-            _emit(self.callbacks, "on_step", epoch + 1, step + 1, value, seen / (time.perf_counter() - t0))
+            emit(self.callbacks, "on_step", epoch + 1, step + 1, value, seen / (time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
         val_loss = self.evaluate(pixels[torch.from_numpy(val_idx)]) if len(val_idx) else None
         return EpochStats(epoch + 1, total / max(seen, 1), val_loss, seconds, seen / max(seconds, 1e-9))

@@ -153,3 +153,17 @@ def test_load_checks_format_and_consistency(built_index_dir: Path, tmp_path: Pat
         Index.load(tmp_path)
     with pytest.raises(LookalikeError, match="does not exist"):
         Index.load(tmp_path / "nothing")
+
+
+def test_precision_is_recorded_and_bf16_matches_fp32(class_folder: Path, trained_model_dir: Path, tmp_path: Path) -> None:
+    fp32 = Index.build(class_folder, trained_model_dir, tmp_path / "fp32", precision="fp32", num_workers=0)
+    bf16 = Index.build(class_folder, trained_model_dir, tmp_path / "bf16", precision="bf16", num_workers=0)
+    assert Index.load(tmp_path / "fp32").model.precision == "fp32"
+    assert Index.load(tmp_path / "bf16").model.precision == "bf16"
+    a, b = fp32.vectors.vectors, bf16.vectors.vectors
+    assert not np.array_equal(a, b)  # bf16 really ran
+    assert np.min(np.sum(a * b, axis=1)) > 0.999  # cosine between the two encodings of each image
+    query = class_folder / "cool" / "cool_02.jpg"
+    assert [h.id for h in fp32.search(query, k=3)][:1] == [h.id for h in bf16.search(query, k=3)][:1]
+    with pytest.raises(LookalikeError, match="precision"):
+        Model.load(trained_model_dir).set_precision("fp8")

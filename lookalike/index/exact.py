@@ -12,12 +12,15 @@ from ..errors import LookalikeError
 METRICS = ("cosine", "euclidean")
 
 
-def l2_normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows scaled to unit length (zero rows stay zero): ``(unit float32 vectors, original norms)``."""
-    vectors = np.asarray(vectors, dtype=np.float32)
+def l2_normalize(vectors: np.ndarray, *, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Rows scaled to unit length (zero rows stay zero): ``(unit float32 vectors, original norms)``.
+
+    With ``copy=False`` a float32 input is normalised in place.
+    """
+    vectors = np.array(vectors, dtype=np.float32, copy=copy or None)
     norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
-    safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
-    return vectors / safe[:, None], norms
+    vectors /= np.where(norms > 0, norms, np.float32(1.0))[:, None]
+    return vectors, norms
 
 
 class ExactIndex:
@@ -54,6 +57,9 @@ class ExactIndex:
         if np.intersect1d(ids, self.ids).size or len(np.unique(ids)) != len(ids):
             raise LookalikeError("ids must be unique and not already in the index")
         unit, norms = l2_normalize(vectors)
+        if len(self.ids) == 0:  # the common first add: no second copy of a large array
+            self.vectors, self.norms, self.ids = unit, norms, ids.copy()
+            return
         self.vectors = np.concatenate([self.vectors, unit])
         self.norms = np.concatenate([self.norms, norms])
         self.ids = np.concatenate([self.ids, ids])

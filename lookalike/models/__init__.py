@@ -1,7 +1,7 @@
 """Autoencoder networks, presets, and the :class:`Model` users hold."""
 
 from .autoencoders import ARCHITECTURES, ConvAutoencoder, build_network
-from .model import Model, resolve_device
+from .model import Model, cpu_supports_bf16, resolve_device, torch_threads
 from .presets import PRESETS, Preset, get_preset, resolve_preset
 
 __all__ = [
@@ -11,7 +11,9 @@ __all__ = [
     "Model",
     "Preset",
     "build_network",
+    "cpu_supports_bf16",
     "get_preset",
     "resolve_device",
     "resolve_preset",
+    "torch_threads",
 ]

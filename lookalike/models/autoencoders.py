@@ -7,6 +7,7 @@ Networks are built by name from plain keyword arguments, so ``config.json`` can 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +71,7 @@ class CifarSeedAE(ConvAutoencoder):
         _check_divisible(image_size, 4, "cifar-seed")
         c, s = width, image_size // 4
         self.feature_shape = (4 * c, s, s)
-        act = nn.ReLU
+        act = functools.partial(nn.ReLU, inplace=True)
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, c, 3, padding=1), act(),
             nn.Conv2d(c, c, 3, padding=1), act(),
@@ -110,7 +111,7 @@ class MnistSeedAE(ConvAutoencoder):
 
     def __init__(self, in_channels: int = 1, image_size: int = 28):
         super().__init__(in_channels, image_size)
-        act = nn.ReLU
+        act = functools.partial(nn.ReLU, inplace=True)
         pool = lambda: nn.MaxPool2d(2, ceil_mode=True)  # noqa: E731 - Keras padding='same' pooling
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1), act(), pool(),
@@ -153,12 +154,12 @@ class FolderSeedAE(ConvAutoencoder):
         widths = [in_channels, 16, 32, 64, 128, 256]
         enc: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            enc += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            enc += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = []
         rev = widths[::-1]
         for a, b in zip(rev[:-1], rev[1:]):
-            dec += [nn.ConvTranspose2d(a, b, 2, stride=2), nn.ReLU()]
+            dec += [nn.ConvTranspose2d(a, b, 2, stride=2), nn.ReLU(inplace=True)]
         self.decoder = nn.Sequential(*dec)
         s = image_size // 32
         self.code_shape = (256, s, s)

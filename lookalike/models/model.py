@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,41 @@ from .presets import resolve_preset
 logger = logging.getLogger(__name__)
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+SMALL_BATCH = 8  # at most this many images: encode on one thread (a query; no thread hand-offs)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, restoring the previous count after."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so bf16 inference is faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bfloat16, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise LookalikeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+    return precision
 
 
 def resolve_device(device: str) -> torch.device:
@@ -65,7 +102,9 @@ class Model:
         self.preset = preset
         self.train_config = train_config or TrainConfig()
         self.info: dict[str, Any] = dict(info or {})  # training summary: epochs done, losses, images
+        self.precision = "fp32"  # inference precision of embed(): "fp32" or "bf16" (see set_precision)
         self._fingerprint: str | None = None
+        self._bf16_network: ConvAutoencoder | None = None
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -109,14 +148,35 @@ class Model:
         return self._fingerprint
 
     def mark_changed(self) -> None:
-        """Forget the cached fingerprint after the weights changed (training does this)."""
+        """Forget the cached fingerprint and bf16 copy after the weights changed (training does this)."""
         self._fingerprint = None
+        self._bf16_network = None
 
     def to(self, device: str | torch.device) -> Model:
         """Move the network to a device (``"auto"`` picks cuda when present)."""
         dev = resolve_device(device) if isinstance(device, str) else device
         self.network.to(dev)
+        self._bf16_network = None
         return self
+
+    def set_precision(self, precision: str) -> Model:
+        """Choose the inference precision of :meth:`embed`: ``fp32``, ``bf16`` or ``auto``.
+
+        ``auto`` picks bfloat16 on CPUs that compute it natively (about 1.7x faster encoding, embeddings
+        within cosine 0.9999 of fp32) and fp32 elsewhere. Training always runs in fp32.
+        """
+        self.precision = resolve_precision(precision, self.device)
+        self._bf16_network = None
+        return self
+
+    def _inference_network(self) -> ConvAutoencoder:
+        if self.precision != "bf16":
+            if self.network.training:  # eval() walks every module: only when needed (0.4 ms a query)
+                self.network.eval()
+            return self.network
+        if self._bf16_network is None:
+            self._bf16_network = copy.deepcopy(self.network).to(torch.bfloat16).eval()
+        return self._bf16_network
 
     def config(self) -> dict[str, Any]:
         """What ``config.json`` records about this model."""
@@ -195,14 +255,17 @@ class Model:
         if pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
             raise LookalikeError(f"expected pixels of shape (n, {', '.join(map(str, self.input_shape))}), "
                                  f"got {tuple(pixels.shape)}")  # fmt: skip
-        net = self.network.eval()
+        net = self._inference_network()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         dev = self.device
         out = np.empty((len(pixels), self.embedding_dim), dtype=np.float32)
-        for start in range(0, len(pixels), batch_size):
-            x = normalize(pixels[start : start + batch_size].to(dev), self.preprocessing)
-            if dev.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            out[start : start + len(x)] = net.encode(x).float().cpu().numpy()
+        threads = 1 if dev.type == "cpu" and len(pixels) <= SMALL_BATCH else torch.get_num_threads()
+        with torch_threads(threads):
+            for start in range(0, len(pixels), batch_size):
+                x = normalize(pixels[start : start + batch_size].to(dev), self.preprocessing).to(dtype)
+                if dev.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out[start : start + len(x)] = net.encode(x).float().cpu().numpy()
         return out
 
     def embed(self, images: Iterable[ImageLike], batch_size: int = 256) -> np.ndarray:
