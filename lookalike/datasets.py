@@ -376,9 +376,7 @@ def load_demo_dataset(
     try:
         digits = load_dataset("digits", "train")
     except LookalikeError as exc:
-        raise LookalikeError(
-            f"{_failure_clause(failures, directory)}; the fallback failed too: {exc}"
-        ) from exc
+        raise LookalikeError(f"{_failure_clause(failures, directory)}; the fallback failed too: {exc}") from exc
     size = f"{len(digits):,} {_shape_words(digits)} images"
     return digits, f"{_failure_clause(failures, directory)}; using {digits.source} ({size}) instead."
 
@@ -419,9 +417,7 @@ def export_dataset(
     """
     out_dir = Path(out_dir).expanduser()
     if limit is not None and limit < 1:
-        raise LookalikeError(
-            f"cannot export to {out_dir}: limit must be at least 1 image per class, got {limit}"
-        )
+        raise LookalikeError(f"cannot export to {out_dir}: limit must be at least 1 image per class, got {limit}")
     _check_export_target(out_dir)
     data = load_dataset(name, split, cache_dir=cache_dir, download=download, progress=progress)
 
@@ -522,8 +518,7 @@ def _download(url: str, dest: Path, md5: str, timeout: float, progress: Progress
             actual = _fetch_into(url, out, timeout, progress)
         if actual != md5.lower():
             raise LookalikeError(
-                f"checksum mismatch for {url}: expected md5 {md5.lower()}, got {actual}; "
-                "the download was deleted"
+                f"checksum mismatch for {url}: expected md5 {md5.lower()}, got {actual}; the download was deleted"
             )
         os.replace(part, dest)
     finally:
@@ -647,9 +642,7 @@ def _decode_cifar(archive: Path, info: DatasetInfo) -> dict[str, tuple[np.ndarra
                 if not member.isfile():
                     raise LookalikeError(f"corrupt CIFAR-10 archive {archive}: {member_name} is not a file")
                 if member.size > _CIFAR_MAX_MEMBER:
-                    raise LookalikeError(
-                        f"corrupt CIFAR-10 archive {archive}: {member_name} is {member.size:,} bytes"
-                    )
+                    raise LookalikeError(f"corrupt CIFAR-10 archive {archive}: {member_name} is {member.size:,} bytes")
                 handle = tar.extractfile(member)
                 if handle is None:  # pragma: no cover - isfile() was checked
                     continue
@@ -724,8 +717,7 @@ def _decode_mnist(info: DatasetInfo, split: str, paths: dict[str, Path]) -> tupl
     h, w, _ = info.image_shape
     if images.shape[1:] != (h, w):
         raise LookalikeError(
-            f"corrupt MNIST file {images_path}: images are "
-            f"{images.shape[1]}×{images.shape[2]}, expected {h}×{w}"
+            f"corrupt MNIST file {images_path}: images are {images.shape[1]}×{images.shape[2]}, expected {h}×{w}"
         )
     if images.shape[0] != labels.shape[0]:
         raise LookalikeError(
@@ -742,9 +734,7 @@ def _load_digits(split: str) -> ImageArrays:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise LookalikeError(
-            f"scikit-learn's digits need scikit-learn, which cannot be imported: {exc}"
-        ) from exc
+        raise LookalikeError(f"scikit-learn's digits need scikit-learn, which cannot be imported: {exc}") from exc
     bunch = load_digits()
     scaled = np.rint(np.asarray(bunch.images, dtype=np.float64) * (255.0 / 16.0))
     images = np.clip(scaled, 0, 255).astype(np.uint8)[..., np.newaxis]

@@ -299,9 +299,7 @@ def test_checksum_mismatch_raises_and_leaves_nothing(
 
 def test_missing_file_on_server_is_a_clear_error(server: Server, cache: Path) -> None:
     (server.root / CIFAR_ARCHIVE).unlink()
-    with pytest.raises(
-        datasets.DownloadError, match=r"could not download http://127\.0\.0\.1:\d+/cifar"
-    ) as info:
+    with pytest.raises(datasets.DownloadError, match=r"could not download http://127\.0\.0\.1:\d+/cifar") as info:
         load_dataset("cifar10", cache_dir=cache)
     assert "HTTP 404" in str(info.value)
     assert _files_under(cache) == []
@@ -331,9 +329,7 @@ def test_cifar_label_out_of_range(server: Server, cache: Path, monkeypatch: pyte
     path = server.root / CIFAR_ARCHIVE
     with tarfile.open(path, "w:gz") as tar:
         for name in CIFAR_BATCHES + ["test_batch.bin"]:
-            _add_member(
-                tar, f"cifar-10-batches-bin/{name}", _cifar_record(10, np.zeros((32, 32, 3), np.uint8))
-            )
+            _add_member(tar, f"cifar-10-batches-bin/{name}", _cifar_record(10, np.zeros((32, 32, 3), np.uint8)))
     _patch_checksums(monkeypatch, "cifar10", {CIFAR_ARCHIVE: _md5(path.read_bytes())})
     with pytest.raises(LookalikeError, match=r"data_batch_1\.bin has label 10, out of range"):
         load_dataset("cifar10", cache_dir=cache)
@@ -348,9 +344,7 @@ def test_cifar_archive_missing_a_member(
     server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     make_cifar_archive(server.root / CIFAR_ARCHIVE, np.random.default_rng(0), batches=CIFAR_BATCHES)
-    _patch_checksums(
-        monkeypatch, "cifar10", {CIFAR_ARCHIVE: _md5((server.root / CIFAR_ARCHIVE).read_bytes())}
-    )
+    _patch_checksums(monkeypatch, "cifar10", {CIFAR_ARCHIVE: _md5((server.root / CIFAR_ARCHIVE).read_bytes())})
     with pytest.raises(LookalikeError, match=r"corrupt CIFAR-10 archive .*missing .*test_batch\.bin"):
         load_dataset("cifar10", cache_dir=cache)
 
@@ -519,9 +513,7 @@ def _png_files(out: Path) -> list[Path]:
     return sorted(out.rglob("*.png"))
 
 
-def test_export_writes_balanced_class_folders(
-    server: Server, fake: FakeData, cache: Path, tmp_path: Path
-) -> None:
+def test_export_writes_balanced_class_folders(server: Server, fake: FakeData, cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "export" / "cifar"
     count = export_dataset("cifar10", out, limit=3, cache_dir=cache)
     assert count == 30
@@ -563,9 +555,7 @@ def test_export_grey_images_into_an_empty_directory(
     out = tmp_path / "mnist-out"
     out.mkdir()
     progress: list[tuple[int, int | None]] = []
-    count = export_dataset(
-        "mnist", out, split="test", cache_dir=cache, progress=lambda d, t: progress.append((d, t))
-    )
+    count = export_dataset("mnist", out, split="test", cache_dir=cache, progress=lambda d, t: progress.append((d, t)))
     assert count == MNIST_TEST == len(_png_files(out))
     assert progress[-1] == (MNIST_TEST, MNIST_TEST)
     images, labels = fake.mnist["test"]

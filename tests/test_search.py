@@ -155,7 +155,9 @@ def test_load_checks_format_and_consistency(built_index_dir: Path, tmp_path: Pat
         Index.load(tmp_path / "nothing")
 
 
-def test_precision_is_recorded_and_bf16_matches_fp32(class_folder: Path, trained_model_dir: Path, tmp_path: Path) -> None:
+def test_precision_is_recorded_and_bf16_matches_fp32(
+    class_folder: Path, trained_model_dir: Path, tmp_path: Path
+) -> None:
     fp32 = Index.build(class_folder, trained_model_dir, tmp_path / "fp32", precision="fp32", num_workers=0)
     bf16 = Index.build(class_folder, trained_model_dir, tmp_path / "bf16", precision="bf16", num_workers=0)
     assert Index.load(tmp_path / "fp32").model.precision == "fp32"
