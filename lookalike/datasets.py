@@ -53,6 +53,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from lookalike._fs import make_temp_dir
 from lookalike.errors import LookalikeError
 
 __all__ = [
@@ -425,8 +426,7 @@ def export_dataset(
     folders = _class_folder_names(data.classes)
     total = int(selected.size)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+        tmp = make_temp_dir(out_dir)
     except OSError as exc:
         raise LookalikeError(f"cannot export to {out_dir}: {_os_reason(exc)}") from exc
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .serialization import atomic_write_bytes
+from ._fs import atomic_write_bytes
 
 
 def _pyplot():

@@ -18,7 +18,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ._fs import make_temp_dir
 from ._version import __version__
 from .catalog import Catalog, CatalogEntry, label_for
 from .data import find_images
@@ -193,8 +193,7 @@ class Index:
         """Write the index folder atomically (temporary sibling folder, then rename)."""
         out = Path(out_dir).expanduser()
         _check_target(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = make_temp_dir(out)
         try:
             self.model.save(tmp / MODEL_SUBDIR)
             self.vectors.save(tmp)

@@ -176,7 +176,8 @@ class Trainer:
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
             start_epoch = int(resume_state["epoch"])
-        preview = data.pixels[val_idx[:10] if len(val_idx) else train_idx[:10]]
+        shown = val_idx if len(val_idx) else train_idx  # evenly spread, so sorted folders show every class
+        preview = data.pixels[shown[np.linspace(0, len(shown) - 1, min(10, len(shown))).round().astype(int)]]
         emit(self.callbacks, "on_train_start", model, start_epoch, cfg.epochs, steps)
         gen = torch.Generator().manual_seed(cfg.seed)
         for epoch in range(start_epoch, cfg.epochs):

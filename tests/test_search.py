@@ -169,3 +169,17 @@ def test_precision_is_recorded_and_bf16_matches_fp32(
     assert [h.id for h in fp32.search(query, k=3)][:1] == [h.id for h in bf16.search(query, k=3)][:1]
     with pytest.raises(LookalikeError, match="precision"):
         Model.load(trained_model_dir).set_precision("fp8")
+
+
+def test_saved_files_get_the_usual_permissions(class_folder: Path, trained_model_dir: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        Index.build(class_folder, trained_model_dir, tmp_path / "idx", num_workers=0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "idx").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "idx" / "manifest.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "idx" / "model" / "model.safetensors").stat().st_mode) == 0o644
