@@ -309,10 +309,21 @@ def _plot_results(idx: Any, queries: list[str | int], results: list[list], path:
             import numpy as np
 
             qimg, qcap = np.asarray(im), f"query\n{Path(q).name}"
-        cells = [(idx.thumbnail(h.id, size), f"#{h.rank}  {h.score:.3f}\n{h.label or h.path.name}") for h in hits]
+        qlabel = idx.entries[q].label if isinstance(q, int) else None
+        cells = [
+            (
+                idx.thumbnail(h.id, size),
+                f"#{h.rank}  {h.score:.3f}\n{h.label or h.path.name}",
+                None if qlabel is None or h.label is None else h.label == qlabel,
+            )
+            for h in hits
+        ]
         rows.append((qimg, qcap, cells))
     what = "cosine similarity" if metric == "cosine" else "euclidean distance"
-    return result_grid(rows, path, title=f"query (left) and its {len(results[0])} nearest images, {what}")
+    title = f"query (left, blue) and its {len(results[0])} nearest images, {what}"
+    if any(isinstance(q, int) and idx.entries[q].label for q in queries):
+        title += "; green/red: same/other folder than the query"
+    return result_grid(rows, path, title=title)
 
 
 @app.command()

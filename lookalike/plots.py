@@ -83,23 +83,24 @@ def loss_curve(history: Sequence[dict], path: str | os.PathLike[str], title: str
 
 
 def result_grid(
-    rows: Sequence[tuple[np.ndarray, str, Sequence[tuple[np.ndarray, str]]]],
+    rows: Sequence[tuple[np.ndarray, str, Sequence[tuple]]],
     path: str | os.PathLike[str],
     title: str = "",
 ) -> Path:
-    """One row per query: the query image, then its results, each captioned (like seed 004's plot).
+    """One row per query: the query image (blue frame), then its results, each captioned (like seed 004).
 
     Args:
-        rows: ``(query_image, query_caption, [(result_image, caption), ...])``; images are uint8
-            ``(H, W[, C])`` or ``(C, H, W)``.
+        rows: ``(query_image, query_caption, results)`` where each result is ``(image, caption)`` or
+            ``(image, caption, same_class)``; ``same_class`` True/False draws a green/red frame (when
+            labels are known), None draws none. Images are uint8 ``(H, W[, C])`` or ``(C, H, W)``.
         path: the PNG to write.
         title: a line above the grid.
     """
     plt = _pyplot()
     ncols = 1 + max((len(r[2]) for r in rows), default=0)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.6 * ncols, 1.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.6 * ncols, 2.1 * len(rows) + 0.3), squeeze=False)
     for r, (qimg, qcap, results) in enumerate(rows):
-        cells = [(qimg, qcap)] + list(results)
+        cells = [(qimg, qcap, "query")] + [(*cell, None)[:3] for cell in results]
         for c in range(ncols):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -107,13 +108,14 @@ def result_grid(
             if c >= len(cells):
                 ax.axis("off")
                 continue
-            img, cap = cells[c]
+            img, cap, mark = cells[c]
             img = _as_hwc(img)
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
             ax.set_title(cap, fontsize=7)
-            if c == 0:
+            colour = {"query": "tab:blue", True: "tab:green", False: "tab:red"}.get(mark)
+            if colour is not None:
                 for side in ax.spines.values():
-                    side.set_edgecolor("tab:blue")
+                    side.set_edgecolor(colour)
                     side.set_linewidth(2.5)
     if title:
         fig.suptitle(title, fontsize=10)
