@@ -59,9 +59,12 @@ class Catalog:
         path = Path(path)
         if path.exists():
             raise LookalikeError(f"{path}: catalog already exists")
-        db = sqlite3.connect(path)
-        db.executescript(SCHEMA)
-        db.commit()
+        try:
+            db = sqlite3.connect(path)
+            db.executescript(SCHEMA)
+            db.commit()
+        except sqlite3.Error as exc:
+            raise LookalikeError(f"{path}: cannot create the catalog ({exc})") from None
         return cls(db, path)
 
     @classmethod
@@ -82,12 +85,19 @@ class Catalog:
         self._db.close()
 
     def add(self, entries: Iterable[CatalogEntry]) -> None:
-        """Insert entries in one transaction."""
-        with self._db:
-            self._db.executemany(
-                "INSERT INTO images (id, path, size, mtime_ns, sha256, label) VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.id, e.path, e.size, e.mtime_ns, e.sha256, e.label) for e in entries],
-            )
+        """Insert entries in one transaction (all or nothing).
+
+        Raises:
+            LookalikeError: a duplicate id or path, or a catalog that cannot be written.
+        """
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO images (id, path, size, mtime_ns, sha256, label) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.id, e.path, e.size, e.mtime_ns, e.sha256, e.label) for e in entries],
+                )
+        except sqlite3.Error as exc:
+            raise LookalikeError(f"{self.path}: cannot add to the catalog ({exc})") from None
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])

@@ -119,3 +119,22 @@ def test_demo_offline_falls_back_to_digits(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
     assert "not made by `lookalike demo`" in _one_error_line(run("demo", "-o", tmp_path / "mine", "--no-download"))
+
+
+def test_demo_uses_a_cached_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    cache = tmp_path / "cache" / "cifar10"
+    cache.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10, dtype=np.int64), 4)
+    images = (rng.random((40, 32, 32, 3)) * 60 + labels[:, None, None, None] * 19).astype(np.uint8)
+    np.save(cache / "train_images.npy", images)
+    np.save(cache / "train_labels.npy", labels)
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    result = run("demo", "--epochs", "1", "--per-class", "3", "--queries", "2", "-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "CIFAR-10" in result.output.split("wrote")[0] and "from cache" in result.output
+    assert len(list((tmp_path / "lookalike-demo" / "images" / "airplane").glob("*.png"))) == 3
+    assert (tmp_path / "lookalike-demo" / "results.png").exists()
