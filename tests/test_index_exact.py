@@ -286,3 +286,65 @@ def test_agrees_with_sklearn_nearest_neighbors(metric):
     np.testing.assert_array_equal(got, ids[rows])
     expected = 1.0 - dist if metric == "cosine" else dist
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+
+
+def _brute_cosine(X: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, exclude: int = -1):
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    s = Xn @ (q / np.linalg.norm(q))
+    s[ids == exclude] = -np.inf
+    order = np.lexsort((ids, -s))[:k]
+    return s[order], ids[order]
+
+
+@pytest.mark.parametrize("dim", [16, 200])
+def test_fp16_shortlist_gives_the_exact_answer(dim: int) -> None:
+    rng = np.random.default_rng(dim)
+    X = rng.normal(size=(6000, dim)).astype(np.float32)
+    ids = rng.permutation(60000)[:6000].astype(np.int64)
+    index = ExactIndex(dim)
+    index.add(X, ids)
+    for trial in range(25):
+        q = rng.normal(size=dim).astype(np.float32)
+        exclude = int(ids[trial]) if trial % 2 else -1
+        scores, got = index.search(q[None], 10, exclude=np.array([exclude]))
+        ref_scores, ref_ids = _brute_cosine(X, ids, q, 10, exclude)
+        assert got[0].tolist() == ref_ids.tolist()
+        np.testing.assert_allclose(scores[0], ref_scores, rtol=1e-5, atol=1e-6)
+    assert index._fp16 is not None  # the shortlist path really ran
+    index.remove(ids[:10])
+    assert index._fp16 is None  # and is rebuilt after the contents change
+
+
+def test_fp16_shortlist_falls_back_when_it_cannot_prove_the_answer() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=32).astype(np.float32)
+    X = (base + rng.normal(scale=3e-3, size=(5000, 32))).astype(np.float32)  # scores closer than fp16 noise
+    ids = np.arange(5000, dtype=np.int64)[::-1].copy()
+    index = ExactIndex(32)
+    index.add(X, ids)
+    q = base + rng.normal(scale=3e-3, size=32).astype(np.float32)
+    assert index._shortlisted(index._fp16_shortlister(1, 5, "cosine"), q / np.linalg.norm(q), 5, None) == (None, None)
+    scores, got = index.search(q[None], 5)
+    ref_scores, ref_ids = _brute_cosine(X, ids, q, 5)
+    assert got[0].tolist() == ref_ids.tolist()
+
+
+def test_search_is_exact_without_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("no faiss here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5000, 24)).astype(np.float32)
+    index = ExactIndex(24)
+    index.add(X, np.arange(5000))
+    q = rng.normal(size=24).astype(np.float32)
+    _, got = index.search(q[None], 7)
+    assert got[0].tolist() == _brute_cosine(X, np.arange(5000), q, 7)[1].tolist()
+    assert index._fp16 is None

@@ -36,6 +36,7 @@ class ExactIndex:
         self.vectors = np.empty((0, self.dim), dtype=np.float32)
         self.norms = np.empty((0,), dtype=np.float32)
         self.ids = np.empty((0,), dtype=np.int64)
+        self._fp16 = None  # lazily built float16 copy for fast single queries (see _fp16_shortlister)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -57,6 +58,7 @@ class ExactIndex:
         if np.intersect1d(ids, self.ids).size or len(np.unique(ids)) != len(ids):
             raise LookalikeError("ids must be unique and not already in the index")
         unit, norms = l2_normalize(vectors)
+        self._fp16 = None
         if len(self.ids) == 0:  # the common first add: no second copy of a large array
             self.vectors, self.norms, self.ids = unit, norms, ids.copy()
             return
@@ -69,6 +71,7 @@ class ExactIndex:
         keep = ~np.isin(self.ids, np.asarray(ids, dtype=np.int64))
         removed = int((~keep).sum())
         self.vectors, self.norms, self.ids = self.vectors[keep], self.norms[keep], self.ids[keep]
+        self._fp16 = None
         return removed
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
@@ -131,40 +134,92 @@ class ExactIndex:
         kk = min(k, len(self.ids))
         if kk == 0:
             return out_scores, out_ids
+        shortlist = self._fp16_shortlister(n, kk, metric)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            sims = q_unit[start:stop] @ self.vectors.T  # (c, N)
-            if metric == "cosine":
-                keyed = sims
-            else:
-                qn = q_norm[start:stop, None]
-                d2 = qn**2 + self.norms[None, :] ** 2 - 2.0 * qn * self.norms[None, :] * sims
-                keyed = -np.sqrt(np.maximum(d2, 0.0))
-            if exclude_rows is not None:
-                rows = exclude_rows[start:stop]
-                has = np.flatnonzero(rows >= 0)
-                keyed[has, rows[has]] = -np.inf
-            if kk < keyed.shape[1]:
-                part = np.argpartition(-keyed, kk - 1, axis=1)[:, :kk]
-                # argpartition picks arbitrarily among entries tied with the k-th best; where it left a
-                # tied entry out, redo that row so ties are settled by id (smallest first).
-                picked = np.take_along_axis(keyed, part, axis=1)
-                cut = picked.min(axis=1)
-                tied = (keyed == cut[:, None]).sum(axis=1) > (picked == cut[:, None]).sum(axis=1)
-                for r in np.flatnonzero(tied):
-                    cand = np.flatnonzero(keyed[r] >= cut[r])
-                    part[r] = cand[np.lexsort((self.ids[cand], -keyed[r, cand]))[:kk]]
-            else:
-                part = np.broadcast_to(np.arange(keyed.shape[1]), (stop - start, keyed.shape[1]))
-            top = np.take_along_axis(keyed, part, axis=1)
-            order = np.lexsort((self.ids[part], -top), axis=1)  # best first, ties by id
-            part = np.take_along_axis(part, order, axis=1)
-            top = np.take_along_axis(top, order, axis=1)
+            rows_block = None if exclude_rows is None else exclude_rows[start:stop]
+            part = top = None
+            if shortlist is not None:
+                part, top = self._shortlisted(shortlist, q_unit[start], kk, rows_block)
+            if part is None:
+                part, top = self._exact_block(q_unit[start:stop], q_norm[start:stop], kk, metric, rows_block)
             valid = np.isfinite(top)
             scores = top if metric == "cosine" else -top
             out_scores[start:stop, :kk] = np.where(valid, scores, worst)
             out_ids[start:stop, :kk] = np.where(valid, self.ids[part], -1)
         return out_scores, out_ids
+
+    def _exact_block(
+        self, q_unit: np.ndarray, q_norm: np.ndarray, kk: int, metric: str, exclude_rows: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and keys (higher is better) of the exact top ``kk`` for a block of queries."""
+        sims = q_unit @ self.vectors.T  # (c, N)
+        if metric == "cosine":
+            keyed = sims
+        else:
+            qn = q_norm[:, None]
+            d2 = qn**2 + self.norms[None, :] ** 2 - 2.0 * qn * self.norms[None, :] * sims
+            keyed = -np.sqrt(np.maximum(d2, 0.0))
+        if exclude_rows is not None:
+            has = np.flatnonzero(exclude_rows >= 0)
+            keyed[has, exclude_rows[has]] = -np.inf
+        if kk < keyed.shape[1]:
+            part = np.argpartition(-keyed, kk - 1, axis=1)[:, :kk]
+            # argpartition picks arbitrarily among entries tied with the k-th best; where it left a
+            # tied entry out, redo that row so ties are settled by id (smallest first).
+            picked = np.take_along_axis(keyed, part, axis=1)
+            cut = picked.min(axis=1)
+            tied = (keyed == cut[:, None]).sum(axis=1) > (picked == cut[:, None]).sum(axis=1)
+            for r in np.flatnonzero(tied):
+                cand = np.flatnonzero(keyed[r] >= cut[r])
+                part[r] = cand[np.lexsort((self.ids[cand], -keyed[r, cand]))[:kk]]
+        else:
+            part = np.broadcast_to(np.arange(keyed.shape[1]), (len(keyed), keyed.shape[1]))
+        top = np.take_along_axis(keyed, part, axis=1)
+        order = np.lexsort((self.ids[part], -top), axis=1)  # best first, ties by id
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+    # ------------------------------------------------------------------------- fp16 shortlist
+    # A single cosine query over a large index is memory-bound: it streams every vector once. The
+    # shortlist reads a float16 copy instead (half the bytes, through faiss's scalar quantizer), then
+    # re-scores the best SHORTLIST_EXTRA + k candidates exactly in float32. The result is provably the
+    # exact top k: fp16 rounding moves a unit-vector cosine by at most 2^-11 (plus float32 summation
+    # error), so no vector outside the shortlist can beat the k-th re-scored candidate when that one
+    # is more than FP16_COSINE_ERROR above the shortlist's cut-off; otherwise the query falls back to
+    # the full float32 product.
+    SHORTLIST_MIN_ROWS = 4096  # smaller indexes are searched in full
+    SHORTLIST_EXTRA = 64  # candidates re-scored beyond k
+    FP16_COSINE_ERROR = 1e-3  # > 2^-11 (fp16 rounding of unit vectors) + float32 summation error
+
+    def _fp16_shortlister(self, n_queries: int, kk: int, metric: str):
+        """The fp16 faiss index for single cosine queries over a large index, or None."""
+        if metric != "cosine" or n_queries != 1 or len(self.ids) < self.SHORTLIST_MIN_ROWS:
+            return None
+        if kk + self.SHORTLIST_EXTRA + 1 >= len(self.ids) // 4:
+            return None
+        if self._fp16 is None:
+            try:
+                import faiss
+            except ImportError:  # the plain float32 product is exact too, just slower
+                return None
+            index = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+            index.add(np.ascontiguousarray(self.vectors, dtype=np.float32))
+            self._fp16 = index
+        return self._fp16
+
+    def _shortlisted(
+        self, shortlist, q: np.ndarray, kk: int, exclude_rows: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """Exact top ``kk`` of one query from an fp16 shortlist, or (None, None) when not provable."""
+        approx, cand = shortlist.search(q[None, :], kk + self.SHORTLIST_EXTRA + 1)
+        approx, cand = approx[0], cand[0]
+        exact = self.vectors[cand] @ q
+        if exclude_rows is not None and exclude_rows[0] >= 0:
+            exact[cand == exclude_rows[0]] = -np.inf
+        order = np.lexsort((self.ids[cand], -exact))[:kk]
+        if not exact[order[-1]] > approx[-1] + self.FP16_COSINE_ERROR:
+            return None, None
+        return cand[order][None, :], exact[order][None, :]
 
     # ------------------------------------------------------------------------------------------- files
     def save(self, directory: str | os.PathLike[str]) -> None:
