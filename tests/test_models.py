@@ -282,3 +282,15 @@ def test_saving_over_a_model_replaces_it_and_leaves_no_temp_files(tmp_path):
     assert loaded.embedding_dim == 48 and loaded.fingerprint == second.fingerprint
     px = pixels(second, 2)
     assert np.array_equal(loaded.embed_pixels(px), second.embed_pixels(px))
+
+
+def test_embedding_dim_probe_follows_the_weights_dtype() -> None:
+    import copy
+
+    import torch
+
+    from lookalike.models.autoencoders import ResidualAE
+
+    net = ResidualAE(image_size=16)
+    half = copy.deepcopy(net).to(torch.bfloat16)  # probe not cached yet on either copy
+    assert half.embedding_dim == net.embedding_dim == 256

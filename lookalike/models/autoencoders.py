@@ -46,9 +46,10 @@ class ConvAutoencoder(nn.Module):
         if cached is None:
             was_training = self.training
             self.eval()
-            probe = torch.zeros(1, self.in_channels, self.image_size, self.image_size)
+            weight = next(self.parameters())
+            probe = torch.zeros(1, self.in_channels, self.image_size, self.image_size, dtype=weight.dtype)
             with torch.no_grad():
-                cached = int(self.encode(probe.to(next(self.parameters()).device)).shape[1])
+                cached = int(self.encode(probe.to(weight.device)).shape[1])
             self.train(was_training)
             self.__dict__["_embedding_dim"] = cached
         return cached
