@@ -160,6 +160,8 @@ def one_query_lookalike(repeats: int, warmup: int) -> dict[str, Any]:
 
     image, database = _query_inputs()
     model = _seed_model()
+    # As an index built with the defaults records it: bf16 on CPUs with native bfloat16, else fp32.
+    model.set_precision("auto")
     vectors = ExactIndex(QUERY_DIM)
     vectors.add(database, np.arange(len(database)))
     root = Path("/nonexistent-bench-root")
@@ -186,6 +188,7 @@ def one_query_lookalike(repeats: int, warmup: int) -> dict[str, Any]:
         search_t.append(t2 - t1)
     return {
         "latency": _percentiles(times),
+        "precision": model.precision,
         "top_ids": [h.id for h in hits],
         "parts": {
             "model.embed": _percentiles(embed_t),
@@ -504,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"query: lookalike way x{look_reps} ...", flush=True)
         look = spawn("query-lookalike", repeats=look_reps, warmup=20)
         seed["what"] = "ToTensor+Normalize, encode, 10,000 F.cosine_similarity, round, sorted()"
-        look["what"] = "Index.search(image, k=10): model.embed + ExactIndex.search + hits"
+        look["what"] = f"Index.search(image, k=10), {look['precision']} encoder: model.embed + ExactIndex.search + hits"
         speedup = seed["latency"]["median_ms"] / look["latency"]["median_ms"]
         results["query"] = {
             "database": [QUERY_DB_SIZE, QUERY_DIM],

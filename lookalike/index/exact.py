@@ -12,6 +12,15 @@ from ..errors import LookalikeError
 METRICS = ("cosine", "euclidean")
 
 
+def _faiss():
+    """The faiss module, or None when it is not installed (every search stays exact without it)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
 def l2_normalize(vectors: np.ndarray, *, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Rows scaled to unit length (zero rows stay zero): ``(unit float32 vectors, original norms)``.
 
@@ -191,17 +200,23 @@ class ExactIndex:
     SHORTLIST_EXTRA = 64  # candidates re-scored beyond k
     FP16_COSINE_ERROR = 1e-3  # > 2^-11 (fp16 rounding of unit vectors) + float32 summation error
 
+    def uses_shortlist(self, n_queries: int, k: int, metric: str) -> bool:
+        """Whether :meth:`search` will answer through the fp16 shortlist (faiss threads) rather than a
+        float32 BLAS product (OpenBLAS threads); callers sharing the cores can plan around it."""
+        return (
+            metric == "cosine"
+            and n_queries == 1
+            and len(self.ids) >= self.SHORTLIST_MIN_ROWS
+            and min(k, len(self.ids)) + self.SHORTLIST_EXTRA + 1 < len(self.ids) // 4
+            and _faiss() is not None
+        )
+
     def _fp16_shortlister(self, n_queries: int, kk: int, metric: str):
         """The fp16 faiss index for single cosine queries over a large index, or None."""
-        if metric != "cosine" or n_queries != 1 or len(self.ids) < self.SHORTLIST_MIN_ROWS:
-            return None
-        if kk + self.SHORTLIST_EXTRA + 1 >= len(self.ids) // 4:
+        if not self.uses_shortlist(n_queries, kk, metric):
             return None
         if self._fp16 is None:
-            try:
-                import faiss
-            except ImportError:  # the plain float32 product is exact too, just slower
-                return None
+            faiss = _faiss()
             index = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
             index.add(np.ascontiguousarray(self.vectors, dtype=np.float32))
             self._fp16 = index

@@ -6,7 +6,8 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
-SMALL_BATCH = 8  # at most this many images: encode on one thread (a query; no thread hand-offs)
 
 
 @contextlib.contextmanager
@@ -104,7 +104,7 @@ class Model:
         self.info: dict[str, Any] = dict(info or {})  # training summary: epochs done, losses, images
         self.precision = "fp32"  # inference precision of embed(): "fp32" or "bf16" (see set_precision)
         self._fingerprint: str | None = None
-        self._bf16_network: ConvAutoencoder | None = None
+        self._bf16_network: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -169,13 +169,20 @@ class Model:
         self._bf16_network = None
         return self
 
-    def _inference_network(self) -> ConvAutoencoder:
+    def _encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The function ``embed_pixels`` calls: the network's ``encode`` in the chosen precision.
+
+        For bf16 on the CPU the encoder is a bfloat16 copy, traced and frozen once (oneDNN then keeps
+        its weights pre-packed: about 1.5x faster than eager bf16 for single queries); if tracing fails
+        the eager copy is used.
+        """
         if self.precision != "bf16":
             if self.network.training:  # eval() walks every module: only when needed (0.4 ms a query)
                 self.network.eval()
-            return self.network
+            return self.network.encode
         if self._bf16_network is None:
-            self._bf16_network = copy.deepcopy(self.network).to(torch.bfloat16).eval()
+            net = copy.deepcopy(self.network).to(torch.bfloat16).eval()
+            self._bf16_network = _freeze_encoder(net, self.input_shape) if self.device.type == "cpu" else net.encode
         return self._bf16_network
 
     def config(self) -> dict[str, Any]:
@@ -249,26 +256,30 @@ class Model:
         return load_pixels(image, self.preprocessing)[0]
 
     @torch.inference_mode()
-    def embed_pixels(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Prepared uint8 pixels ``(n, C, S, S)`` -> raw (not normalised) float32 embeddings ``(n, d)``."""
+    def embed_pixels(
+        self, pixels: np.ndarray | torch.Tensor, batch_size: int = 256, *, threads: int | None = None
+    ) -> np.ndarray:
+        """Prepared uint8 pixels ``(n, C, S, S)`` -> raw (not normalised) float32 embeddings ``(n, d)``.
+
+        ``threads`` caps torch's threads for this call (None keeps the current setting).
+        """
         pixels = torch.as_tensor(pixels)
         if pixels.ndim != 4 or pixels.shape[1:] != self.input_shape:
             raise LookalikeError(f"expected pixels of shape (n, {', '.join(map(str, self.input_shape))}), "
                                  f"got {tuple(pixels.shape)}")  # fmt: skip
-        net = self._inference_network()
+        encode = self._encoder()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         dev = self.device
         out = np.empty((len(pixels), self.embedding_dim), dtype=np.float32)
-        threads = 1 if dev.type == "cpu" and len(pixels) <= SMALL_BATCH else torch.get_num_threads()
-        with torch_threads(threads):
+        with torch_threads(threads or torch.get_num_threads()):
             for start in range(0, len(pixels), batch_size):
                 x = normalize(pixels[start : start + batch_size].to(dev), self.preprocessing).to(dtype)
                 if dev.type == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
-                out[start : start + len(x)] = net.encode(x).float().cpu().numpy()
+                out[start : start + len(x)] = encode(x).float().cpu().numpy()
         return out
 
-    def embed(self, images: Iterable[ImageLike], batch_size: int = 256) -> np.ndarray:
+    def embed(self, images: Iterable[ImageLike], batch_size: int = 256, *, threads: int | None = None) -> np.ndarray:
         """Images (paths, Pillow images or arrays) -> raw float32 embeddings ``(n, d)``.
 
         Raises:
@@ -277,7 +288,7 @@ class Model:
         prepared = [self.prepare(im) for im in images]
         if not prepared:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
-        return self.embed_pixels(np.stack(prepared), batch_size=batch_size)
+        return self.embed_pixels(np.stack(prepared), batch_size=batch_size, threads=threads)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -294,3 +305,31 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.describe()})"
+
+
+class _Encode(torch.nn.Module):
+    """``forward`` = the network's ``encode``, so the encoder alone can be traced."""
+
+    def __init__(self, net: ConvAutoencoder) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.encode(x)
+
+
+def _freeze_encoder(net: ConvAutoencoder, input_shape: tuple[int, int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Trace and freeze a (bf16, CPU) network's encoder; the eager ``encode`` if that fails."""
+    dtype = next(net.parameters()).dtype
+    example = torch.zeros(2, *input_shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.freeze(torch.jit.trace(_Encode(net).eval(), example))
+            probe = torch.zeros(3, *input_shape, dtype=dtype)
+            if not torch.allclose(frozen(probe).float(), net.encode(probe).float(), rtol=1e-2, atol=1e-2):
+                raise RuntimeError("traced encoder disagrees with the eager one")
+    except Exception as exc:  # tracing is an optimisation only
+        logger.info("using the eager bf16 encoder (%s)", exc)
+        return net.encode
+    return frozen
