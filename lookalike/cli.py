@@ -300,15 +300,9 @@ def _plot_results(idx: Any, queries: list[str | int], results: list[list], path:
         if isinstance(q, int):
             qimg, qcap = idx.thumbnail(q, size), f"query #{q}\n{idx.entries[q].label or ''}".strip()
         else:
-            from PIL import Image
+            from .data import thumbnail
 
-            from .data import decode_image
-
-            im = decode_image(q, idx.model.preprocessing.channels, draft_size=size)
-            im.thumbnail((size, size), Image.Resampling.BILINEAR)
-            import numpy as np
-
-            qimg, qcap = np.asarray(im), f"query\n{Path(q).name}"
+            qimg, qcap = thumbnail(q, idx.model.preprocessing.channels, size), f"query\n{Path(q).name}"
         qlabel = idx.entries[q].label if isinstance(q, int) else None
         cells = [
             (

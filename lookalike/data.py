@@ -160,6 +160,13 @@ def decode_image(
         raise ImageDecodeError(label, f"cannot decode ({reason})") from None
 
 
+def thumbnail(path: str | os.PathLike[str], channels: int = 3, size: int = 96) -> np.ndarray:
+    """A small uint8 array (longer side ``size``) of an image file, for pictures of results."""
+    im = decode_image(path, channels, draft_size=size)
+    im.thumbnail((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im)
+
+
 def resize_to_square(im: Image.Image, prep: Preprocessing) -> Image.Image:
     """Resize to ``prep.image_size`` squared, squashing or centre-cropping as ``prep.resize`` says."""
     size = (prep.image_size, prep.image_size)

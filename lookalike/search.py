@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ._fs import make_temp_dir
 from ._version import __version__
 from .catalog import Catalog, CatalogEntry, label_for
-from .data import find_images
+from .data import find_images, thumbnail
 from .embed import embed_files
 from .errors import LookalikeError
 from .index import ExactIndex
@@ -337,11 +336,7 @@ class Index:
 
     def thumbnail(self, id_: int, size: int = 96) -> np.ndarray:
         """A small RGB/L uint8 array of an indexed image, for result grids."""
-        from .data import decode_image
-
-        im = decode_image(self.path_of(id_), self.model.preprocessing.channels, draft_size=size)
-        im.thumbnail((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(im)
+        return thumbnail(self.path_of(id_), self.model.preprocessing.channels, size)
 
     def __repr__(self) -> str:
         return f"Index({len(self)} images of {self.root}, model {self.model.preset} {self.model.fingerprint[:12]})"
