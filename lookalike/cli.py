@@ -120,7 +120,7 @@ class ConsoleCallbacks:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.tasks: dict[str, Any] = {}
-        self.skipped = 0
+        self.skipped: set[Path] = set()  # reported once, though training and indexing both read the files
 
     def _task(self, name: str, total: int | None, description: str) -> Any:
         if name not in self.tasks:
@@ -128,7 +128,9 @@ class ConsoleCallbacks:
         return self.tasks[name]
 
     def on_skip(self, path: Path, reason: str) -> None:
-        self.skipped += 1
+        if path in self.skipped:
+            return
+        self.skipped.add(path)
         self.progress.console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
 
     def on_decode(self, done: int, total: int) -> None:
@@ -240,9 +242,9 @@ def index(
         callbacks = [ConsoleCallbacks(progress)]
         if model is None:
             from .data import find_images
-            from .search import _check_target
+            from .search import check_index_target
 
-            _check_target(out)
+            check_index_target(out)
             find_images(folder)  # fail on a bad folder before training
             progress.console.print("no --model given: training the default model on the folder first")
             the_model = train_model(folder, epochs=epochs, num_workers=workers, callbacks=callbacks)

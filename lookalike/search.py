@@ -85,7 +85,8 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def _check_target(out_dir: Path) -> None:
+def check_index_target(out_dir: Path) -> None:
+    """Refuse (before any work) to write an index over a folder that holds something else."""
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_index_dir(out_dir))):
         raise LookalikeError(f"{out_dir}: exists and is not a lookalike index; refusing to replace it")
 
@@ -144,7 +145,7 @@ class Index:
         """
         out = Path(out_dir).expanduser() if out_dir is not None else None
         if out is not None:
-            _check_target(out)
+            check_index_target(out)
         paths = find_images(folder)
         root = Path(folder).expanduser().resolve()
         if model is None:
@@ -192,7 +193,7 @@ class Index:
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write the index folder atomically (temporary sibling folder, then rename)."""
         out = Path(out_dir).expanduser()
-        _check_target(out)
+        check_index_target(out)
         tmp = make_temp_dir(out)
         try:
             self.model.save(tmp / MODEL_SUBDIR)

@@ -138,3 +138,12 @@ def test_demo_uses_a_cached_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "CIFAR-10" in result.output.split("wrote")[0] and "from cache" in result.output
     assert len(list((tmp_path / "lookalike-demo" / "images" / "airplane").glob("*.png"))) == 3
     assert (tmp_path / "lookalike-demo" / "results.png").exists()
+
+
+def test_index_without_model_reports_each_bad_file_once(tmp_path: Path) -> None:
+    make_class_images(tmp_path / "photos", per_class=4, size=16)
+    (tmp_path / "photos" / "warm" / "broken.jpg").write_text("not a jpeg")
+    result = run("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("broken.jpg") == 1
+    assert "skipped 1 unreadable file" in result.output
