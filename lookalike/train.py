@@ -342,6 +342,8 @@ def train(
     """
     out = Path(out_dir).expanduser() if out_dir is not None else None
     _check_output_dir(out, resume, overwrite)
+    if device is not None:
+        resolve_device(device)  # an unavailable GPU fails now, not after decoding every image
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction)
     resume_state = None
     paths: list[Path] | None = None

@@ -147,3 +147,13 @@ def test_index_without_model_reports_each_bad_file_once(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.count("broken.jpg") == 1
     assert "skipped 1 unreadable file" in result.output
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(class_folder: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    line = _one_error_line(run("train", class_folder, "-o", tmp_path / "m", "--device", "cuda", "--epochs", "1"))
+    assert "no CUDA GPU is available" in line
+    assert not (tmp_path / "m").exists()
