@@ -8,7 +8,7 @@ from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike.errors import LookalikeError
-from lookalike.index.exact import ExactIndex
+from lookalike.index.exact import ExactIndex, _faiss
 
 DIM = 12
 
@@ -329,7 +329,7 @@ def test_fp16_shortlist_falls_back_when_it_cannot_prove_the_answer() -> None:
     assert got[0].tolist() == ref_ids.tolist()
 
 
-def test_search_is_exact_without_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_is_exact_without_faiss(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     import builtins
 
     real_import = builtins.__import__
@@ -340,6 +340,8 @@ def test_search_is_exact_without_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
+    _faiss.cache_clear()  # forget a faiss found earlier in this test run
+    request.addfinalizer(_faiss.cache_clear)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(5000, 24)).astype(np.float32)
     index = ExactIndex(24)

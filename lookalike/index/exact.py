@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from ..errors import LookalikeError
 METRICS = ("cosine", "euclidean")
 
 
+@functools.cache
 def _faiss():
     """The faiss module, or None when it is not installed (every search stays exact without it)."""
     try:
@@ -21,12 +23,12 @@ def _faiss():
     return faiss
 
 
-def l2_normalize(vectors: np.ndarray, *, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def l2_normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows scaled to unit length (zero rows stay zero): ``(unit float32 vectors, original norms)``.
 
-    With ``copy=False`` a float32 input is normalised in place.
+    The input is never modified: one float32 copy is made and normalised in place.
     """
-    vectors = np.array(vectors, dtype=np.float32, copy=copy or None)
+    vectors = np.array(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1).astype(np.float32)
     vectors /= np.where(norms > 0, norms, np.float32(1.0))[:, None]
     return vectors, norms
