@@ -8,7 +8,8 @@ from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike.errors import LookalikeError
-from lookalike.index.exact import ExactIndex, _faiss
+from lookalike.index import fp16
+from lookalike.index.exact import ExactIndex
 
 DIM = 12
 
@@ -296,8 +297,17 @@ def _brute_cosine(X: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, exclude
     return s[order], ids[order]
 
 
+ENGINES = [pytest.param(fp16.TorchFp16Scorer, id="torch"), pytest.param(fp16.FaissFp16Scorer, id="faiss")]
+
+
+def _force_engine(monkeypatch: pytest.MonkeyPatch, engine: type) -> None:
+    monkeypatch.setattr(fp16, "make_scorer", lambda vectors: engine(vectors))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dim", [16, 200])
-def test_fp16_shortlist_gives_the_exact_answer(dim: int) -> None:
+def test_fp16_shortlist_gives_the_exact_answer(dim: int, engine: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    _force_engine(monkeypatch, engine)
     rng = np.random.default_rng(dim)
     X = rng.normal(size=(6000, dim)).astype(np.float32)
     ids = rng.permutation(60000)[:6000].astype(np.int64)
@@ -310,9 +320,46 @@ def test_fp16_shortlist_gives_the_exact_answer(dim: int) -> None:
         ref_scores, ref_ids = _brute_cosine(X, ids, q, 10, exclude)
         assert got[0].tolist() == ref_ids.tolist()
         np.testing.assert_allclose(scores[0], ref_scores, rtol=1e-5, atol=1e-6)
-    assert index._fp16 is not None  # the shortlist path really ran
+    assert isinstance(index._fp16, engine)  # the shortlist path really ran, with this engine
     index.remove(ids[:10])
     assert index._fp16 is None  # and is rebuilt after the contents change
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["gaussian", "non-negative", "sparse"])
+def test_fp16_scores_stay_inside_the_stated_error_bound(engine: type, kind: str) -> None:
+    rng = np.random.default_rng(7)
+    dim = 1000
+    if kind == "gaussian":
+        X = rng.normal(size=(3000, dim))
+    elif kind == "non-negative":  # ReLU bottlenecks: every score near the top, the worst case for rounding
+        X = rng.random((3000, dim))
+    else:  # a few large components and many tiny ones (float16 subnormals)
+        X = rng.normal(size=(3000, dim)) * (rng.random((3000, dim)) < 0.05) + rng.normal(scale=1e-5, size=(3000, dim))
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    scorer = engine(X)
+    assert scorer.error < 3e-3  # tight enough to prove most answers
+    for r in range(20):
+        q = X[r] + rng.normal(scale=0.05, size=dim).astype(np.float32)
+        q /= np.linalg.norm(q)
+        approx, rows = scorer.top(q, len(X))
+        assert sorted(rows.tolist()) == list(range(len(X)))
+        assert np.all(np.diff(approx) <= 0)  # best first
+        assert np.max(np.abs(approx - X[rows] @ q)) <= scorer.error
+
+
+def test_the_fastest_trustworthy_engine_is_chosen() -> None:
+    X = np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    assert fp16.make_scorer(X).engine == "torch"
+
+
+def test_a_torch_build_that_breaks_the_bound_is_not_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    X = np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    real = fp16.TorchFp16Scorer._scores
+    monkeypatch.setattr(fp16.TorchFp16Scorer, "_scores", lambda self, q: real(self, q) + 0.01)  # a sloppy kernel
+    assert fp16.make_scorer(X).engine == "faiss"
 
 
 def test_fp16_shortlist_falls_back_when_it_cannot_prove_the_answer() -> None:
@@ -329,24 +376,28 @@ def test_fp16_shortlist_falls_back_when_it_cannot_prove_the_answer() -> None:
     assert got[0].tolist() == ref_ids.tolist()
 
 
-def test_search_is_exact_without_faiss(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+def test_search_is_exact_without_faiss_or_torch(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     import builtins
 
     real_import = builtins.__import__
 
-    def no_faiss(name, *args, **kwargs):
-        if name == "faiss":
-            raise ImportError("no faiss here")
+    def no_engines(name, *args, **kwargs):
+        if name in ("faiss", "torch"):
+            raise ImportError(f"no {name} here")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_faiss)
-    _faiss.cache_clear()  # forget a faiss found earlier in this test run
-    request.addfinalizer(_faiss.cache_clear)
+    monkeypatch.setattr(builtins, "__import__", no_engines)
+    for cached in (fp16._faiss, fp16._torch):
+        cached.cache_clear()  # forget an engine found earlier in this test run
+        request.addfinalizer(cached.cache_clear)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(5000, 24)).astype(np.float32)
     index = ExactIndex(24)
     index.add(X, np.arange(5000))
     q = rng.normal(size=24).astype(np.float32)
+    assert not index.uses_shortlist(1, 7, "cosine")
     _, got = index.search(q[None], 7)
     assert got[0].tolist() == _brute_cosine(X, np.arange(5000), q, 7)[1].tolist()
     assert index._fp16 is None

@@ -2,7 +2,7 @@
 
 An index stores L2-normalised float32 vectors with integer ids and answers ``search(queries, k)`` with
 ``(scores, ids)`` arrays of shape ``(n_queries, k)``, padded with id ``-1`` when fewer than ``k`` entries
-qualify. torch never appears here.
+qualify. torch appears only in ``fp16.py``, imported lazily, as one engine for a fast float16 shortlist.
 """
 
 from .exact import ExactIndex, l2_normalize

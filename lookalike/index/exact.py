@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import LookalikeError
+from . import fp16
 
 METRICS = ("cosine", "euclidean")
-
-
-@functools.cache
-def _faiss():
-    """The faiss module, or None when it is not installed (every search stays exact without it)."""
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
 
 
 def l2_normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +37,7 @@ class ExactIndex:
         self.vectors = np.empty((0, self.dim), dtype=np.float32)
         self.norms = np.empty((0,), dtype=np.float32)
         self.ids = np.empty((0,), dtype=np.int64)
-        self._fp16 = None  # lazily built float16 copy for fast single queries (see _fp16_shortlister)
+        self._fp16: fp16.Fp16Scorer | None = None  # lazily built float16 copy for single queries (_fp16_shortlister)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -192,49 +182,43 @@ class ExactIndex:
 
     # ------------------------------------------------------------------------- fp16 shortlist
     # A single cosine query over a large index is memory-bound: it streams every vector once. The
-    # shortlist reads a float16 copy instead (half the bytes, through faiss's scalar quantizer), then
+    # shortlist reads a float16 copy instead (half the bytes; see fp16.py for the engines), then
     # re-scores the best SHORTLIST_EXTRA + k candidates exactly in float32. The result is provably the
-    # exact top k: fp16 rounding moves a unit-vector cosine by at most 2^-11 (plus float32 summation
-    # error), so no vector outside the shortlist can beat the k-th re-scored candidate when that one
-    # is more than FP16_COSINE_ERROR above the shortlist's cut-off; otherwise the query falls back to
-    # the full float32 product.
+    # exact top k: the scorer bounds how far float16 rounding can move any score (``scorer.error``), so
+    # no vector outside the shortlist can beat the k-th re-scored candidate when that one is more than
+    # that bound above the shortlist's cut-off; otherwise the query falls back to the full float32 product.
     SHORTLIST_MIN_ROWS = 4096  # smaller indexes are searched in full
     SHORTLIST_EXTRA = 64  # candidates re-scored beyond k
-    FP16_COSINE_ERROR = 1e-3  # > 2^-11 (fp16 rounding of unit vectors) + float32 summation error
 
     def uses_shortlist(self, n_queries: int, k: int, metric: str) -> bool:
-        """Whether :meth:`search` will answer through the fp16 shortlist (faiss threads) rather than a
-        float32 BLAS product (OpenBLAS threads); callers sharing the cores can plan around it."""
+        """Whether :meth:`search` will answer through the float16 shortlist (torch's or faiss's threads)
+        rather than a float32 BLAS product (OpenBLAS threads); callers sharing the cores can plan around it."""
         return (
             metric == "cosine"
             and n_queries == 1
             and len(self.ids) >= self.SHORTLIST_MIN_ROWS
             and min(k, len(self.ids)) + self.SHORTLIST_EXTRA + 1 < len(self.ids) // 4
-            and _faiss() is not None
+            and fp16.available()
         )
 
-    def _fp16_shortlister(self, n_queries: int, kk: int, metric: str):
-        """The fp16 faiss index for single cosine queries over a large index, or None."""
+    def _fp16_shortlister(self, n_queries: int, kk: int, metric: str) -> fp16.Fp16Scorer | None:
+        """The float16 scorer for single cosine queries over a large index, or None."""
         if not self.uses_shortlist(n_queries, kk, metric):
             return None
         if self._fp16 is None:
-            faiss = _faiss()
-            index = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-            index.add(np.ascontiguousarray(self.vectors, dtype=np.float32))
-            self._fp16 = index
+            self._fp16 = fp16.make_scorer(self.vectors)
         return self._fp16
 
     def _shortlisted(
-        self, shortlist, q: np.ndarray, kk: int, exclude_rows: np.ndarray | None
+        self, shortlist: fp16.Fp16Scorer, q: np.ndarray, kk: int, exclude_rows: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-        """Exact top ``kk`` of one query from an fp16 shortlist, or (None, None) when not provable."""
-        approx, cand = shortlist.search(q[None, :], kk + self.SHORTLIST_EXTRA + 1)
-        approx, cand = approx[0], cand[0]
+        """Exact top ``kk`` of one query from a float16 shortlist, or (None, None) when not provable."""
+        approx, cand = shortlist.top(q, kk + self.SHORTLIST_EXTRA + 1)
         exact = self.vectors[cand] @ q
         if exclude_rows is not None and exclude_rows[0] >= 0:
             exact[cand == exclude_rows[0]] = -np.inf
         order = np.lexsort((self.ids[cand], -exact))[:kk]
-        if not exact[order[-1]] > approx[-1] + self.FP16_COSINE_ERROR:
+        if not exact[order[-1]] > approx[-1] + shortlist.error:
             return None, None
         return cand[order][None, :], exact[order][None, :]
 
