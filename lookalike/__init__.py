@@ -7,6 +7,9 @@ loaded on first use):
 - :class:`Index` builds, loads and searches an index (:meth:`Index.build`, :meth:`Index.load`,
   :meth:`Index.search` returning :class:`Hit` objects);
 - :class:`Model` loads and saves model directories and embeds images;
+- :func:`evaluate` (or :meth:`Index.evaluate`) measures retrieval quality (mAP, precision@k, recall@k,
+  k-NN accuracy) and returns an :class:`EvaluationResult`; :func:`evaluate_vectors` does the same for any
+  labelled embeddings;
 - :class:`LookalikeError` is raised for every user-facing problem, with a one-line message.
 """
 
@@ -20,12 +23,14 @@ from .errors import ImageDecodeError, LookalikeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Preprocessing, TrainConfig
+    from .metrics import EvaluationResult, evaluate_vectors
     from .models import PRESETS, Model
-    from .search import Hit, Index
-    from .train import train
+    from .search import Hit, Index, evaluate
+    from .training import train
 
 __all__ = [
     "PRESETS",
+    "EvaluationResult",
     "Hit",
     "ImageDecodeError",
     "Index",
@@ -34,6 +39,8 @@ __all__ = [
     "Preprocessing",
     "TrainConfig",
     "__version__",
+    "evaluate",
+    "evaluate_vectors",
     "train",
 ]
 
@@ -42,7 +49,10 @@ _LAZY = {
     "Model": "lookalike.models",
     "Hit": "lookalike.search",
     "Index": "lookalike.search",
-    "train": "lookalike.train",
+    "evaluate": "lookalike.search",
+    "EvaluationResult": "lookalike.metrics",
+    "evaluate_vectors": "lookalike.metrics",
+    "train": "lookalike.training",
     "Preprocessing": "lookalike.config",
     "TrainConfig": "lookalike.config",
 }

@@ -49,7 +49,7 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_INDEX_SUBDIR = ".lookalike"  # where `lookalike index FOLDER` puts the index without -o
-PRESET_NAMES = ("default", "cifar-seed", "mnist-seed", "dense-latent", "folder-seed")
+PRESET_NAMES = ("default", "denoising", "cifar-seed", "mnist-seed", "dense-latent", "folder-seed")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -142,6 +142,9 @@ class ConsoleCallbacks:
         rate = f"{done / elapsed:,.0f} img/s" if elapsed > 0 else ""
         self.progress.update(task, completed=done, info=rate)
 
+    def on_evaluate(self, done: int, total: int) -> None:
+        self.progress.update(self._task("evaluate", total, "ranking queries"), completed=done)
+
     def on_train_start(self, model: Any, start_epoch: int, epochs: int, steps: int) -> None:
         self.steps = steps
         self.progress.console.print(f"training {model.describe()}", highlight=False)
@@ -186,7 +189,7 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, the weights and the batch order.")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Share of images held out for validation.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when present).")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (cuda when present, else cpu), cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/checkpoint.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in OUTPUT.")] = False,
@@ -196,7 +199,7 @@ def train(
     Writes config.json + model.safetensors (the model), checkpoint.pt (to --resume), loss.png
     (train/validation loss) and reconstructions/epoch_NNN.png (originals above, reconstructions below).
     """
-    from .train import train as train_model
+    from .training import train as train_model
 
     with _progress() as progress:
         model = train_model(
@@ -234,7 +237,7 @@ def index(
     """
     from .models import Model
     from .search import Index
-    from .train import train as train_model
+    from .training import train as train_model
 
     out = output if output is not None else Path(folder) / DEFAULT_INDEX_SUBDIR
     t0 = time.perf_counter()
@@ -293,32 +296,51 @@ def _hits_table(title: str, hits: list, metric: str) -> Table:
     return table
 
 
-def _plot_results(idx: Any, queries: list[str | int], results: list[list], path: Path, metric: str) -> Path:
+def _plot_results(
+    idx: Any,
+    queries: list,
+    results: list[list],
+    path: Path,
+    metric: str,
+    *,
+    labels: dict[int, str] | None = None,
+    query_labels: list | None = None,
+    title: str | None = None,
+) -> Path:
+    """A grid of each query (an id or an image file) and its hits, framed green/red when the labels agree.
+
+    ``labels`` (id -> label) overrides the catalog's labels of the hits; ``query_labels`` gives the
+    queries' labels (by default an indexed query's catalog label, none for a file).
+    """
+    from .data import thumbnail
     from .plots import result_grid
 
     size = 96
+    if labels is None:
+        labels = {i: e.label for i, e in idx.entries.items() if e.label is not None}
+    if query_labels is None:
+        query_labels = [labels.get(q) if isinstance(q, int) else None for q in queries]
     rows = []
-    for q, hits in zip(queries, results):
+    for q, qlabel, hits in zip(queries, query_labels, results):
         if isinstance(q, int):
-            qimg, qcap = idx.thumbnail(q, size), f"query #{q}\n{idx.entries[q].label or ''}".strip()
+            qimg, qcap = idx.thumbnail(q, size), f"query #{q}\n{qlabel or ''}".strip()
         else:
-            from .data import thumbnail
-
-            qimg, qcap = thumbnail(q, idx.model.preprocessing.channels, size), f"query\n{Path(q).name}"
-        qlabel = idx.entries[q].label if isinstance(q, int) else None
+            qimg = thumbnail(q, idx.model.preprocessing.channels, size)
+            qcap = f"query\n{qlabel}" if qlabel is not None else f"query\n{Path(q).name}"
         cells = [
             (
                 idx.thumbnail(h.id, size),
-                f"#{h.rank}  {h.score:.3f}\n{h.label or h.path.name}",
-                None if qlabel is None or h.label is None else h.label == qlabel,
+                f"#{h.rank}  {h.score:.3f}\n{labels.get(h.id) or h.path.name}",
+                None if qlabel is None or labels.get(h.id) is None else labels[h.id] == qlabel,
             )
             for h in hits
         ]
         rows.append((qimg, qcap, cells))
-    what = "cosine similarity" if metric == "cosine" else "euclidean distance"
-    title = f"query (left, blue) and its {len(results[0])} nearest images, {what}"
-    if any(isinstance(q, int) and idx.entries[q].label for q in queries):
-        title += "; green/red: same/other folder than the query"
+    if title is None:
+        what = "cosine similarity" if metric == "cosine" else "euclidean distance"
+        title = f"query (left, blue) and its {len(results[0])} nearest images, {what}"
+        if any(lab is not None for lab in query_labels):
+            title += "; green/red: same/other folder than the query"
     return result_grid(rows, path, title=title)
 
 
@@ -360,6 +382,261 @@ def search(
     if plot is not None:
         written = _plot_results(idx, parsed, results, plot, metric)
         (err_console if as_json else console).print(f"picture written to {_show_path(written)}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------- evaluate
+EXAMPLE_RESULTS = 8  # results per query in examples.png
+
+
+def _metrics_table(result: Any) -> Table:
+    table = Table(title="retrieval quality (relevant = same label)", title_justify="left", highlight=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(f"mAP@{result.map_k}", f"{result.map_at_k:.4f}")
+    table.add_row("mAP (whole ranking)", f"{result.mean_average_precision:.4f}")
+    for k, v in result.precision_at_k.items():
+        table.add_row(f"precision@{k}", f"{v:.4f}")
+    for k, v in result.recall_at_k.items():
+        table.add_row(f"recall@{k}", f"{v:.4f}")
+    table.add_row(f"{result.knn_k}-NN accuracy", f"{result.knn_accuracy:.4f}")
+    table.add_row("chance precision (random ranking)", f"{result.chance_precision:.4f}")
+    return table
+
+
+def _example_queries(result: Any, n: int) -> list[int]:
+    """Up to ``n`` evaluated query rows, evenly spread from the worst average precision to the best."""
+    import numpy as np
+
+    ap = result.query_average_precision
+    rows = np.flatnonzero(~np.isnan(ap))
+    rows = rows[np.argsort(ap[rows], kind="stable")]
+    if len(rows) <= n:
+        return rows.tolist()
+    return rows[np.linspace(0, len(rows) - 1, n).round().astype(int)].tolist()
+
+
+def _write_evaluation_plots(idx: Any, result: Any, plot_dir: Path, labels: Path | None, examples: int) -> list[Path]:
+    from .plots import precision_at_k_curve
+
+    name = f"{result.info['model']['preset']} {result.info['model']['fingerprint'][:8]}"
+    written = [precision_at_k_curve({name: result}, plot_dir / "precision_at_k.png", title=f"{result.metric} ranking")]
+    picks = _example_queries(result, examples)
+    if picks:
+        queries = [result.query_keys[i] for i in picks]
+        leave_one_out = result.info["queries"] == "leave-one-out"
+        found = idx.search_batch(
+            queries if leave_one_out else [str(q) for q in queries],
+            EXAMPLE_RESULTS,
+            metric=result.metric,
+            exclude_self=leave_one_out,
+        )
+        title = (
+            f"queries (left, blue) from worst to best average precision and their {EXAMPLE_RESULTS} nearest "
+            f"images; green/red: same/other label"
+        )
+        written.append(
+            _plot_results(
+                idx,
+                queries,
+                found,
+                plot_dir / "examples.png",
+                result.metric,
+                labels=idx.labels(labels),
+                query_labels=[result.query_labels[i] for i in picks],
+                title=title,
+            )
+        )
+    return written
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory (or a folder indexed without -o).")],
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            "--queries",
+            "-q",
+            help="Folder of query images (a second split), searched against the whole index. "
+            "Default: leave-one-out over the index (each labelled indexed image is a query, its own entry left out).",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV/TSV file of path,label rows (header optional; paths absolute or relative to the indexed "
+            "folder or to --queries). Default: each image's sub-folder is its label.",
+        ),
+    ] = None,
+    map_at: Annotated[int, typer.Option("--map-at", "-k", help="The k of mAP@k.")] = 1000,
+    knn: Annotated[int, typer.Option("--knn", help="Neighbours in the k-NN majority vote.")] = 20,
+    metric: Annotated[
+        str, typer.Option(help="cosine (similarity, higher is closer) or euclidean (distance, lower is closer).")
+    ] = "cosine",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write every metric to this JSON file.")] = None,
+    plot_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write precision_at_k.png and examples.png (queries from worst to best, wrong results in red) "
+            "into this folder. Default: no pictures; nothing is ever written into the index."
+        ),
+    ] = None,
+    examples: Annotated[int, typer.Option(help="Queries shown in examples.png.")] = 6,
+    batch_size: Annotated[int, typer.Option(help="Query images per forward pass.")] = 256,
+    workers: Annotated[int, typer.Option(help="Processes decoding query images.")] = 1,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory to check against.")] = None,
+) -> None:
+    """Measure how well the index finds images with the query's label.
+
+    Prints mAP@k (average precision over the first k results, normalised by the relevant results among
+    them), mAP over the whole ranking, precision@k and recall@k for k = 1, 5, 10, 20, 100, 1000, the
+    k-NN majority-vote accuracy and the chance precision of a random ranking. Queries whose label has no
+    other image in the index are skipped and counted; unlabelled images are left out and counted.
+    """
+    from .metrics import DEFAULT_KS, check_options
+    from .search import Index
+
+    t0 = time.perf_counter()
+    check_options(DEFAULT_KS, map_at, knn, metric)
+    if json_out is not None and json_out.is_dir():
+        raise LookalikeError(f"{json_out}: is a folder; --json takes a file name")
+    if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
+        raise LookalikeError(f"{plot_dir}: is not a folder; --plot-dir takes one")
+    idx = Index.load(_resolve_index_dir(index_dir), model=model)
+    with _progress() as progress:
+        result = idx.evaluate(
+            queries, labels=labels, map_at=map_at, knn_k=knn, metric=metric, batch_size=batch_size,
+            num_workers=workers, callbacks=[ConsoleCallbacks(progress)],
+        )  # fmt: skip
+    console.print(_metrics_table(result))
+    source = (
+        f"leave-one-out over {result.n_database:,} labelled indexed images"
+        if queries is None
+        else f"query images from {_show_path(queries)} against {result.n_database:,} labelled indexed images"
+    )
+    console.print(
+        f"{result.n_evaluated:,} queries, {source}, {metric} ranking ({time.perf_counter() - t0:.1f} s)",
+        highlight=False,
+    )
+    info = result.info
+    notes = (
+        (result.n_no_relevant, "skipped {}: no other indexed image has the same label", "query", "queries"),
+        (info.get("n_database_unlabelled", 0), "left out {} without a label", "indexed image", "indexed images"),
+        (info.get("n_queries_unlabelled", 0), "left out {} without a label", "query image", "query images"),
+        (info.get("n_queries_unreadable", 0), "skipped {}", "unreadable query image", "unreadable query images"),
+    )
+    for n, text, one, many in notes:
+        if n:
+            console.print(text.format(f"{n:,} {one if n == 1 else many}"), highlight=False)
+    try:
+        if json_out is not None:
+            from .serialization import atomic_write_json
+
+            atomic_write_json(json_out, result.to_dict())
+            console.print(f"metrics written to {_show_path(json_out)}", highlight=False)
+        if plot_dir is not None:
+            for written in _write_evaluation_plots(idx, result, plot_dir, labels, examples):
+                console.print(f"picture written to {_show_path(written)}", highlight=False)
+    except OSError as exc:
+        raise LookalikeError(f"{exc.filename or json_out or plot_dir}: cannot write ({exc.strerror or exc})") from None
+
+
+# ---------------------------------------------------------------------------------------- serve
+def _listen_socket(host: str, port: int) -> Any:
+    """A bound listening socket for uvicorn, so a busy port or a bad host ends in one error line."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise LookalikeError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise LookalikeError(f"{host}:{port}: cannot listen ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+@app.command()
+@handles_errors
+def serve(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory (or a folder indexed without -o).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LOOKALIKE_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' on every route but /health (a browser opens /?token=TOKEN once).",
+        ),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MiB (larger: 413).")] = 16.0,
+    max_k: Annotated[int, typer.Option(help="Most results per query (larger k is clamped, with a notice).")] = 100,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Thumbnail cache folder (default: $LOOKALIKE_CACHE/thumbs/<index fingerprint>)."),
+    ] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory to check against.")] = None,
+) -> None:
+    """Serve INDEX_DIR as a web page and a JSON API (FastAPI + uvicorn).
+
+    The page (at http://HOST:PORT/) searches by a dropped, pasted or chosen picture or by an indexed image,
+    browses the collection and shows what is indexed; the API is documented at /docs. The index and
+    model are loaded once at start-up and never written to; thumbnails are cached in --cache-dir.
+    Needs the serve extra: pip install "lookalike[serve]".
+    """
+    from .server import ServerSettings, check_extra
+
+    check_extra()
+    if not 0 <= port <= 65535:
+        raise LookalikeError(f"--port must be 0 to 65535, got {port}")
+    if max_upload_mb <= 0:
+        raise LookalikeError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    settings = ServerSettings(
+        token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k, cache_dir=cache_dir
+    )
+    import uvicorn
+
+    from .search import Index
+    from .server import create_app
+
+    directory = _resolve_index_dir(index_dir)
+    idx = Index.load(directory, model=model)
+    sock = _listen_socket(host, port)
+    bound_port = sock.getsockname()[1]
+    web_app = create_app(idx, settings)
+    shown_host = f"[{host}]" if ":" in host else host
+    console.print(
+        f"serving {len(idx):,} images from [bold]{_show_path(directory)}[/] at "
+        f"[bold]http://{shown_host}:{bound_port}/[/] (API docs at /docs; Ctrl-C to stop)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(
+            f"[yellow]warning:[/] listening on {host} without --token: anyone who can reach this port can "
+            "search and download the indexed images",
+            highlight=False,
+            soft_wrap=True,
+        )
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    config = uvicorn.Config(
+        web_app,
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+        timeout_graceful_shutdown=5,
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 # ------------------------------------------------------------------------------------- datasets
@@ -424,7 +701,7 @@ def demo(
 
     from .datasets import export_dataset, load_demo_dataset
     from .search import Index
-    from .train import train as train_model
+    from .training import train as train_model
 
     t0 = time.perf_counter()
     if output.exists() and any(output.iterdir()) and not (output / DEMO_MARKER).exists():

@@ -96,9 +96,17 @@ class TrainConfig:
     hflip: bool = False  # random horizontal flips of training images
     val_fraction: float = 0.1  # share of images held out for validation (at least one image when >0)
     seed: int = 0  # seeds the split, the initial weights and the batch order
-    device: str = "cpu"  # "cpu", "cuda", "cuda:N", or "auto" (cuda when present)
+    device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda" or "cuda:N"
     num_workers: int = 0  # DataLoader worker processes used to decode images before training
     recon_every_epoch: bool = True  # write a reconstruction grid after every epoch
+    objective: str = "none"  # invariance loss beside reconstruction: "none", "simclr" or "vicreg" (objectives.py)
+    invariance_weight: float = 1.0  # weight of the invariance loss
+    recon_weight: float = 1.0  # weight of the reconstruction loss
+    recon_batch: int = 64  # with an invariance objective: clean images per step reconstructed at full size
+    temperature: float = 0.2  # softmax temperature of the simclr loss
+    augmentation: dict[str, Any] | None = None  # view distortions for the invariance loss (augment.Augmentation
+    # fields); None = that class's defaults
+    amp: str = "off"  # mixed precision for training: "off", "bf16" (CPUs with native bfloat16, and GPUs), "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -220,6 +220,13 @@ def normalize(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     return x.mul_(scale.view(1, -1, 1, 1)).sub_(shift.view(1, -1, 1, 1))  # one pass less than /255, -mean, /std
 
 
+def normalize_unit(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """float ``(N, C, H, W)`` pixels in [0, 1] -> model input ``(x - mean) / std``."""
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
 def denormalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """Model-space images back to [0, 1] for display (clamped)."""
     mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

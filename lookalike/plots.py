@@ -1,4 +1,4 @@
-"""Pictures: reconstruction grids, loss curves, and query/result grids.
+"""Pictures: reconstruction grids, loss curves, query/result grids and precision@k curves.
 
 matplotlib is used with its non-interactive Agg backend; every function writes a PNG atomically.
 """
@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,4 +121,37 @@ def result_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def precision_at_k_curve(results: Any, path: str | os.PathLike[str], title: str = "") -> Path:
+    """Mean precision@k against k (log scale), one line per evaluation, to compare feature extractors.
+
+    Args:
+        results: an :class:`~lookalike.metrics.EvaluationResult`, or a mapping of run name -> result. The
+            dotted line of each run is its chance precision (a random ranking).
+        path: the PNG to write.
+        title: a line above the plot.
+    """
+    plt = _pyplot()
+    runs = results if isinstance(results, Mapping) else {"": results}
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, r in runs.items():
+        curve = np.asarray(r.precision_curve, dtype=np.float64)
+        k = np.arange(1, len(curve) + 1)
+        label = f"{name}  " if name else ""
+        label += f"mAP@{r.map_k} {r.map_at_k:.3f}, {r.knn_k}-NN {r.knn_accuracy:.3f}"
+        (line,) = ax.plot(k, curve, label=label)
+        marks = [x for x in r.ks if x <= len(curve)]
+        ax.plot(marks, curve[np.array(marks, dtype=int) - 1], "o", color=line.get_color(), markersize=4)
+        if np.isfinite(r.chance_precision):
+            ax.axhline(r.chance_precision, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (results looked at)")
+    ax.set_ylabel("precision@k (share with the query's label)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
     return _save(fig, path)

@@ -14,24 +14,28 @@ or interrupted build never damages an index that was already there.
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._callbacks import emit
 from ._fs import make_temp_dir
 from ._version import __version__
 from .catalog import Catalog, CatalogEntry, label_for
-from .data import find_images, thumbnail
+from .data import find_images, is_image_file, thumbnail
 from .embed import embed_files
 from .errors import LookalikeError
 from .index import ExactIndex
+from .metrics import DEFAULT_KS, EvaluationResult, check_options, evaluate_vectors
 from .models import Model
 from .models.model import ImageLike
 from .serialization import atomic_write_json, read_json
@@ -89,6 +93,89 @@ def check_index_target(out_dir: Path) -> None:
     """Refuse (before any work) to write an index over a folder that holds something else."""
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_index_dir(out_dir))):
         raise LookalikeError(f"{out_dir}: exists and is not a lookalike index; refusing to replace it")
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One row of a labels file."""
+
+    path: str  # as written: absolute, or relative to the indexed folder (or to a query folder)
+    label: str
+    line: int  # 1-based line number in the file
+
+
+def read_label_file(path: str | os.PathLike[str]) -> list[LabelRow]:
+    """Read a ``path,label`` file (CSV, TSV or ``;``-separated; the delimiter is sniffed).
+
+    The first row is a header, and skipped, when its path is not an image file name. Blank lines are
+    skipped; a path listed twice must have the same label both times.
+
+    Raises:
+        LookalikeError: the file is missing or unreadable, or a row (named by its line) is malformed.
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LookalikeError(f"{path}: labels file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LookalikeError(f"{path}: unreadable labels file ({exc})") from None
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",\t;").delimiter
+    except csv.Error:
+        delimiter = "\t" if "\t" in first else ","
+    rows: list[LabelRow] = []
+    seen: dict[str, LabelRow] = {}
+    first_row = True
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        for fields in reader:
+            line = reader.line_num
+            fields = [f.strip() for f in fields]
+            while fields and not fields[-1]:
+                fields.pop()
+            if not fields:
+                continue
+            if first_row and len(fields) == 2 and not is_image_file(fields[0]):
+                first_row = False  # a header
+                continue
+            first_row = False
+            if len(fields) != 2:
+                raise LookalikeError(
+                    f"{path}: line {line}: expected 2 fields (path{delimiter}label), got {len(fields)}"
+                )
+            if not fields[0] or not fields[1]:
+                raise LookalikeError(f"{path}: line {line}: empty {'path' if not fields[0] else 'label'}")
+            row = LabelRow(fields[0], fields[1], line)
+            earlier = seen.get(row.path)
+            if earlier is not None and earlier.label != row.label:
+                raise LookalikeError(
+                    f"{path}: line {line}: {row.path} is labelled {earlier.label!r} on line {earlier.line}"
+                )
+            seen[row.path] = row
+            rows.append(row)
+    except csv.Error as exc:
+        raise LookalikeError(f"{path}: line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise LookalikeError(f"{path}: no path{delimiter}label rows")
+    return rows
+
+
+def _label_lookup(rows: Iterable[LabelRow], bases: Sequence[Path], source: Path) -> dict[str, str]:
+    """Normalised absolute path -> label; a relative path is tried against every base folder."""
+    out: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        p = Path(row.path).expanduser()
+        keys = [os.path.realpath(p)] if p.is_absolute() else [os.path.normpath(b / p) for b in bases]
+        for key in keys:
+            earlier = out.get(key)
+            if earlier is not None and earlier[0] != row.label:
+                raise LookalikeError(
+                    f"{source}: line {row.line}: {row.path} is the image of line {earlier[1]}, labelled {earlier[0]!r}"
+                )
+            out[key] = (row.label, row.line)
+    return {k: v[0] for k, v in out.items()}
 
 
 class Index:
@@ -149,7 +236,7 @@ class Index:
         paths = find_images(folder)
         root = Path(folder).expanduser().resolve()
         if model is None:
-            from .train import train
+            from .training import train
 
             model = train(folder, callbacks=callbacks)
         elif not isinstance(model, Model):
@@ -335,9 +422,170 @@ class Index:
         """
         return self.search_batch([query], k, metric=metric, exclude_self=exclude_self)[0]
 
+    # ------------------------------------------------------------------------------------- evaluate
+    def labels(self, labels: str | os.PathLike[str] | None = None) -> dict[int, str]:
+        """The label of every labelled indexed image, by id.
+
+        Args:
+            labels: a ``path,label`` file (see :func:`read_label_file`; paths absolute or relative to the
+                indexed folder); None takes the catalog's labels, each image's sub-folder.
+        """
+        if labels is None:
+            return {i: e.label for i, e in self.entries.items() if e.label is not None}
+        lookup = _label_lookup(read_label_file(labels), [self.root], Path(labels))
+        out = {}
+        for i, e in self.entries.items():
+            label = lookup.get(os.path.normpath(self.root / e.path))
+            if label is not None:
+                out[i] = label
+        return out
+
+    def evaluate(
+        self,
+        queries: str | os.PathLike[str] | None = None,
+        *,
+        labels: str | os.PathLike[str] | None = None,
+        ks: Sequence[int] = DEFAULT_KS,
+        map_at: int = 1000,
+        knn_k: int = 20,
+        metric: str = "cosine",
+        batch_size: int = 256,
+        num_workers: int = 1,
+        chunk_size: int | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> EvaluationResult:
+        """Measure how well the index finds images of the same label (see :mod:`lookalike.metrics`).
+
+        Only labelled images take part: the database is every labelled indexed image.
+
+        Args:
+            queries: None for leave-one-out over the index itself (every labelled indexed image is a
+                query, its own entry left out of its ranking; the stored vectors are used, nothing is
+                re-embedded), or a folder of query images (a second split), embedded with the index's
+                model and ranked against the whole index.
+            labels: a ``path,label`` file (CSV or TSV, header optional; paths absolute, or relative to
+                the indexed folder or to ``queries``); None labels each image by its sub-folder.
+            ks: the k of precision@k and recall@k.
+            map_at: the k of mAP@k.
+            knn_k: neighbours in the k-NN majority vote.
+            metric: ``cosine`` or ``euclidean``, as in :meth:`search`.
+            batch_size: query images per forward pass.
+            num_workers: DataLoader processes decoding query images.
+            chunk_size: queries ranked at a time (see :func:`lookalike.metrics.evaluate_vectors`).
+            callbacks: objects with optional ``on_embed(done, total)``, ``on_skip(path, reason)`` (query
+                images) and ``on_evaluate(done, total)`` (queries ranked).
+
+        Returns:
+            An :class:`~lookalike.metrics.EvaluationResult`; ``info`` says what was evaluated and how many
+            images were left out, ``query_keys`` gives each query's id (leave-one-out) or path.
+
+        Raises:
+            LookalikeError: no labelled image, no labelled or readable query, no query with another image
+                of its label in the index, a malformed labels file (naming the line), a bad option.
+        """
+        ks, map_at, knn_k = check_options(ks, map_at, knn_k, metric)
+        where = self.directory or self.root
+        label_rows = read_label_file(labels) if labels is not None else None
+        query_dir = None
+        if queries is not None:
+            query_dir = Path(queries).expanduser()
+            query_paths = find_images(query_dir)  # fails on a missing or empty folder before any work
+            query_dir = query_dir.resolve()
+        lookup = None
+        if label_rows is not None:
+            bases = [self.root] if query_dir is None else [self.root, query_dir]
+            lookup = _label_lookup(label_rows, bases, Path(labels))
+        db_ids = self.vectors.ids
+        db_labels = []
+        for id_ in db_ids.tolist():
+            e = self.entries[id_]
+            db_labels.append(e.label if lookup is None else lookup.get(os.path.normpath(self.root / e.path)))
+        rows = np.array([i for i, lab in enumerate(db_labels) if lab is not None], dtype=np.int64)
+        if len(rows) == 0 and labels is None:
+            raise LookalikeError(
+                f"{where}: none of the {len(db_ids)} indexed images has a label (an image's label is its "
+                f"sub-folder; images directly in {self.root} have none); give a path,label file (--labels)"
+            )
+        if len(rows) == 0:
+            raise LookalikeError(
+                f"{labels}: none of its {len(label_rows)} rows names one of the {len(db_ids)} indexed images "
+                f"(paths must be absolute or relative to {self.root})"
+            )
+        db_labels = [db_labels[r] for r in rows]
+        db_vectors = self.vectors.vectors[rows] * self.vectors.norms[rows, None]
+        info: dict[str, Any] = {
+            "index": str(self.directory) if self.directory is not None else None,
+            "root": str(self.root),
+            "model": {"preset": self.model.preset, "fingerprint": self.model.fingerprint},
+            "queries": "leave-one-out" if query_dir is None else str(query_dir),
+            "labels": "folders" if labels is None else str(Path(labels).expanduser()),
+            "n_database_unlabelled": len(db_ids) - len(rows),
+        }
+
+        def progress(done: int, total: int) -> None:
+            emit(callbacks, "on_evaluate", done, total)
+
+        options = dict(ks=ks, map_at=map_at, knn_k=knn_k, metric=metric, chunk_size=chunk_size, progress=progress)
+        if query_dir is None:
+            result = evaluate_vectors(db_vectors, db_labels, **options)
+            keys: list[Any] = db_ids[rows].tolist()
+        else:
+            q_labels = []
+            for p in query_paths:
+                rel = p.relative_to(query_dir).as_posix()
+                q_labels.append(label_for(rel) if lookup is None else lookup.get(os.path.normpath(p)))
+            labelled = [i for i, lab in enumerate(q_labels) if lab is not None]
+            if not labelled and labels is None:
+                raise LookalikeError(
+                    f"{query_dir}: none of the {len(query_paths)} query images has a label (put them in class "
+                    "sub-folders, or give a path,label file (--labels))"
+                )
+            if not labelled:
+                raise LookalikeError(
+                    f"{labels}: none of its {len(label_rows)} rows names one of the {len(query_paths)} query "
+                    f"images (paths must be absolute or relative to {query_dir} or {self.root})"
+                )
+            paths = [query_paths[i] for i in labelled]
+            embedded = embed_files(
+                self.model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks
+            )
+            if len(embedded.positions) == 0:
+                raise LookalikeError(f"{query_dir}: none of the {len(paths)} query images could be read")
+            read = embedded.positions.tolist()
+            q_vectors = embedded.vectors
+            result = evaluate_vectors(
+                db_vectors, db_labels, q_vectors, [q_labels[labelled[i]] for i in read], **options
+            )
+            keys = [paths[i] for i in read]
+            info["n_queries_unlabelled"] = len(query_paths) - len(labelled)
+            info["n_queries_unreadable"] = len(embedded.failures)
+        if result.n_evaluated == 0:
+            raise LookalikeError(
+                f"{where}: no query has another image with its label in the index ({result.n_queries} queries, "
+                f"{len(set(db_labels))} labels); nothing to evaluate"
+            )
+        result.info = info
+        result.query_keys = keys
+        return result
+
     def thumbnail(self, id_: int, size: int = 96) -> np.ndarray:
         """A small RGB/L uint8 array of an indexed image, for result grids."""
         return thumbnail(self.path_of(id_), self.model.preprocessing.channels, size)
 
     def __repr__(self) -> str:
         return f"Index({len(self)} images of {self.root}, model {self.model.preset} {self.model.fingerprint[:12]})"
+
+
+def evaluate(
+    index_dir: str | os.PathLike[str],
+    queries: str | os.PathLike[str] | None = None,
+    *,
+    model: Model | str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> EvaluationResult:
+    """Load the index in ``index_dir`` and evaluate it: :meth:`Index.evaluate` in one call.
+
+    >>> result = lookalike.evaluate("photos.index")          # doctest: +SKIP
+    >>> result.map_at_k, result.knn_accuracy                 # doctest: +SKIP
+    """
+    return Index.load(index_dir, model=model).evaluate(queries, **options)

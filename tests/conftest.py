@@ -52,7 +52,7 @@ def class_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_model_dir(class_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model trained briefly (16 px, 3 epochs) on ``class_folder``."""
-    from lookalike.train import train
+    from lookalike.training import train
 
     out = tmp_path_factory.mktemp("model") / "model"
     train(class_folder, out, epochs=3, image_size=16, batch_size=8, seed=0)
@@ -72,3 +72,20 @@ def built_index_dir(class_folder: Path, trained_model_dir: Path, tmp_path_factor
 def tree_snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes, to assert that nothing changed."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(*args: str | Path):
+    """Invoke the ``lookalike`` command line in-process (typer's CliRunner)."""
+    from typer.testing import CliRunner
+
+    from lookalike.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    """The single ``error: ...`` line of a failed command, checking it failed with exit code 1."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]

@@ -7,39 +7,23 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from lookalike.cli import app
-
-from .conftest import make_class_images, tree_snapshot
-
-runner = CliRunner()
-
-
-def run(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    return lines[0]
+from .conftest import make_class_images, one_error_line, run_cli, tree_snapshot
 
 
 def test_train_index_search_end_to_end(class_folder: Path, tmp_path: Path) -> None:
     model_dir, index_dir = tmp_path / "model", tmp_path / "index"
-    result = run("train", class_folder, "-o", model_dir, "--epochs", "2", "--image-size", "16", "--batch-size", "8")
+    result = run_cli("train", class_folder, "-o", model_dir, "--epochs", "2", "--image-size", "16", "--batch-size", "8")
     assert result.exit_code == 0, result.output
     assert "epoch 2: train loss" in result.output and (model_dir / "loss.png").exists()
-    result = run("index", class_folder, "--model", model_dir, "-o", index_dir, "--workers", "0")
+    result = run_cli("index", class_folder, "--model", model_dir, "-o", index_dir, "--workers", "0")
     assert result.exit_code == 0, result.output
     assert "indexed 24 images" in result.output
     query = class_folder / "warm" / "warm_01.png"
-    result = run("search", index_dir, query, "-k", "3")
+    result = run_cli("search", index_dir, query, "-k", "3")
     assert result.exit_code == 0, result.output
     assert "warm_01.png" in result.output and "similarity" in result.output
-    result = run("search", index_dir, query, "5", "-k", "3", "--json", "--exclude-self", "--metric", "euclidean")
+    result = run_cli("search", index_dir, query, "5", "-k", "3", "--json", "--exclude-self", "--metric", "euclidean")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert [p["query"] for p in payload] == [str(query), "5"]
@@ -49,37 +33,37 @@ def test_train_index_search_end_to_end(class_folder: Path, tmp_path: Path) -> No
     scores = [h["score"] for h in payload[0]["hits"]]
     assert scores == sorted(scores)  # distances ascend
     plot = tmp_path / "out.png"
-    result = run("search", index_dir, query, "-k", "4", "--plot", plot)
+    result = run_cli("search", index_dir, query, "-k", "4", "--plot", plot)
     assert result.exit_code == 0, result.output
     assert Image.open(plot).size[0] > 200
 
 
 def test_index_without_model_trains_the_default_first(tmp_path: Path) -> None:
     make_class_images(tmp_path / "photos", per_class=4, size=16)
-    result = run("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
+    result = run_cli("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert "training the default model" in result.output
     assert (tmp_path / "photos" / ".lookalike" / "manifest.json").exists()
     # the folder itself can be searched, and the index inside it is not indexed as images
-    result = run("search", tmp_path / "photos", "0", "-k", "2", "--json")
+    result = run_cli("search", tmp_path / "photos", "0", "-k", "2", "--json")
     assert result.exit_code == 0, result.output
     assert not any(".lookalike" in h["path"] for h in json.loads(result.stdout)[0]["hits"])
 
 
 def test_errors_are_one_line_and_leave_saved_things_alone(built_index_dir: Path, tmp_path: Path) -> None:
-    line = _one_error_line(run("train", tmp_path / "nope", "-o", tmp_path / "m"))
+    line = one_error_line(run_cli("train", tmp_path / "nope", "-o", tmp_path / "m"))
     assert "nope: folder does not exist" in line
     (tmp_path / "empty").mkdir()
-    assert "folder is empty" in _one_error_line(run("index", tmp_path / "empty", "-o", tmp_path / "i"))
+    assert "folder is empty" in one_error_line(run_cli("index", tmp_path / "empty", "-o", tmp_path / "i"))
     before = tree_snapshot(built_index_dir)
     bad = tmp_path / "bad.png"
     bad.write_text("this is not a png")
-    assert "bad.png: not an image" in _one_error_line(run("search", built_index_dir, bad))
-    assert "no such file" in _one_error_line(run("search", built_index_dir, tmp_path / "missing.jpg"))
-    assert "not a lookalike index" in _one_error_line(run("search", tmp_path, "0"))
-    assert "--metric" in _one_error_line(run("search", built_index_dir, "0", "--metric", "hamming"))
-    assert "model format" in _one_error_line(
-        run("index", tmp_path / "empty", "--model", _old_model(built_index_dir, tmp_path))
+    assert "bad.png: not an image" in one_error_line(run_cli("search", built_index_dir, bad))
+    assert "no such file" in one_error_line(run_cli("search", built_index_dir, tmp_path / "missing.jpg"))
+    assert "not a lookalike index" in one_error_line(run_cli("search", tmp_path, "0"))
+    assert "--metric" in one_error_line(run_cli("search", built_index_dir, "0", "--metric", "hamming"))
+    assert "model format" in one_error_line(
+        run_cli("index", tmp_path / "empty", "--model", _old_model(built_index_dir, tmp_path))
     )
     assert tree_snapshot(built_index_dir) == before
 
@@ -96,29 +80,29 @@ def _old_model(index_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_datasets_export_and_list(tmp_path: Path) -> None:
-    result = run("datasets", "list")
+    result = run_cli("datasets", "list")
     assert result.exit_code == 0 and "cifar10" in result.output and "digits" in result.output
-    result = run("datasets", "export", "digits", tmp_path / "digits", "--limit", "3")
+    result = run_cli("datasets", "export", "digits", tmp_path / "digits", "--limit", "3")
     assert result.exit_code == 0, result.output
     classes = sorted(p.name for p in (tmp_path / "digits").iterdir())
     assert classes == [str(i) for i in range(10)]
     assert len(list((tmp_path / "digits").rglob("*.png"))) == 30
-    assert "is not empty" in _one_error_line(run("datasets", "export", "digits", tmp_path / "digits"))
+    assert "is not empty" in one_error_line(run_cli("datasets", "export", "digits", tmp_path / "digits"))
 
 
 def test_demo_offline_falls_back_to_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = run("demo", "--no-download", "--epochs", "1", "--per-class", "6", "--queries", "2", "-k", "3")
+    result = run_cli("demo", "--no-download", "--epochs", "1", "--per-class", "6", "--queries", "2", "-k", "3")
     assert result.exit_code == 0, result.output
     first_line = result.output.split("wrote")[0]
     assert "not in the cache" in first_line and "digits" in first_line
     assert Image.open(tmp_path / "lookalike-demo" / "results.png").size[0] > 200
     assert (tmp_path / "lookalike-demo" / "index" / "manifest.json").exists()
-    again = run("demo", "--no-download", "--epochs", "1", "--per-class", "6", "--queries", "1")
+    again = run_cli("demo", "--no-download", "--epochs", "1", "--per-class", "6", "--queries", "1")
     assert again.exit_code == 0, again.output  # a re-run replaces its own outputs
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
-    assert "not made by `lookalike demo`" in _one_error_line(run("demo", "-o", tmp_path / "mine", "--no-download"))
+    assert "not made by `lookalike demo`" in one_error_line(run_cli("demo", "-o", tmp_path / "mine", "--no-download"))
 
 
 def test_demo_uses_a_cached_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +117,7 @@ def test_demo_uses_a_cached_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     np.save(cache / "train_labels.npy", labels)
     monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    result = run("demo", "--epochs", "1", "--per-class", "3", "--queries", "2", "-k", "2")
+    result = run_cli("demo", "--epochs", "1", "--per-class", "3", "--queries", "2", "-k", "2")
     assert result.exit_code == 0, result.output
     assert "CIFAR-10" in result.output.split("wrote")[0] and "from cache" in result.output
     assert len(list((tmp_path / "lookalike-demo" / "images" / "airplane").glob("*.png"))) == 3
@@ -143,7 +127,7 @@ def test_demo_uses_a_cached_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_index_without_model_reports_each_bad_file_once(tmp_path: Path) -> None:
     make_class_images(tmp_path / "photos", per_class=4, size=16)
     (tmp_path / "photos" / "warm" / "broken.jpg").write_text("not a jpeg")
-    result = run("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
+    result = run_cli("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert result.output.count("broken.jpg") == 1
     assert "skipped 1 unreadable file" in result.output
@@ -154,6 +138,6 @@ def test_cuda_without_a_gpu_is_a_clear_error(class_folder: Path, tmp_path: Path)
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    line = _one_error_line(run("train", class_folder, "-o", tmp_path / "m", "--device", "cuda", "--epochs", "1"))
+    line = one_error_line(run_cli("train", class_folder, "-o", tmp_path / "m", "--device", "cuda", "--epochs", "1"))
     assert "no CUDA GPU is available" in line
     assert not (tmp_path / "m").exists()

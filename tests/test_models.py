@@ -21,8 +21,22 @@ from lookalike.models.autoencoders import (
 )
 
 # small image sizes where the preset's own would be slow or huge (None: the preset's size)
-PRESET_SIZES = {"default": None, "cifar-seed": None, "mnist-seed": None, "dense-latent": 16, "folder-seed": 64}
-EMBEDDING_DIMS = {"default": 256, "cifar-seed": 1000, "mnist-seed": 128, "dense-latent": 16, "folder-seed": 256 * 2 * 2}
+PRESET_SIZES = {
+    "default": None,
+    "denoising": None,
+    "cifar-seed": None,
+    "mnist-seed": None,
+    "dense-latent": 16,
+    "folder-seed": 64,
+}
+EMBEDDING_DIMS = {
+    "default": 128,
+    "denoising": 256,
+    "cifar-seed": 1000,
+    "mnist-seed": 128,
+    "dense-latent": 16,
+    "folder-seed": 256 * 2 * 2,
+}
 
 
 def pixels(model: Model, n: int = 3, seed: int = 0) -> np.ndarray:
@@ -169,16 +183,29 @@ def test_xavier_init_sets_biases_to_001():
 
 
 def test_resolve_preset_overrides():
-    arch, kwargs, prep, train = resolve_preset("default", image_size=48, latent_dim=64, epochs=3, lr=None)
+    arch, kwargs, prep, train = resolve_preset("denoising", image_size=48, latent_dim=64, epochs=3, lr=None)
     assert arch == "residual" and kwargs["latent_dim"] == 64 and prep.image_size == 48
-    assert train.epochs == 3 and train.lr == PRESETS["default"].train.lr  # None leaves a field alone
-    assert PRESETS["default"].arch_kwargs["latent_dim"] == 256  # the preset itself is not changed
+    assert train.epochs == 3 and train.lr == PRESETS["denoising"].train.lr  # None leaves a field alone
+    assert PRESETS["denoising"].arch_kwargs["latent_dim"] == 256  # the preset itself is not changed
+
+    # The default's embedding is its last stage's width; --latent-dim sets it.
+    arch, kwargs, _, train = resolve_preset(
+        "default", latent_dim=96, arch_overrides={"widths": [16, 32, 64]}, augmentation={"jitter": 0.0}
+    )
+    assert arch == "invariant" and kwargs["widths"] == [16, 32, 64] and kwargs["embedding_dim"] == 96
+    assert train.augmentation == {"view_scale": 0.5, "jitter": 0.0}  # merged into the preset's, not replacing it
+    assert PRESETS["default"].train.augmentation == {"view_scale": 0.5}
 
     _, _, grey, _ = resolve_preset("cifar-seed", channels=1)
     assert grey.channels == 1 and len(grey.mean) == 1 and len(grey.std) == 1
     assert Model.from_preset("cifar-seed", channels=1).input_shape == (1, 32, 32)
 
-    for name, bad, multiple in [("folder-seed", 100, 32), ("default", 30, 8), ("cifar-seed", 30, 4)]:
+    for name, bad, multiple in [
+        ("folder-seed", 100, 32),
+        ("default", 30, 4),
+        ("denoising", 28, 8),
+        ("cifar-seed", 30, 4),
+    ]:
         with pytest.raises(ValueError, match=f"multiple of {multiple}"):
             resolve_preset(name, image_size=bad)
         with pytest.raises(LookalikeError, match=f"multiple of {multiple}"):
@@ -234,7 +261,7 @@ def test_fingerprint_changes_with_the_weights():
     b = Model.from_preset("default", image_size=16)
     assert a.fingerprint == b.fingerprint  # same seed, same weights
     with torch.no_grad():
-        b.network.to_latent.bias.add_(1.0)
+        next(b.network.parameters()).add_(1.0)
     b.mark_changed()
     assert a.fingerprint != b.fingerprint
 

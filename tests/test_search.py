@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lookalike import Hit, Index, LookalikeError, Model
-from lookalike.train import train
+from lookalike.training import train
 
 from .conftest import tree_snapshot
 

@@ -177,6 +177,13 @@ class ExactIndex:
         else:
             part = np.broadcast_to(np.arange(keyed.shape[1]), (len(keyed), keyed.shape[1]))
         top = np.take_along_axis(keyed, part, axis=1)
+        if metric == "euclidean":
+            # |q|^2 + |x|^2 - 2|q||x|cos cancels catastrophically for near neighbours (an image against
+            # itself gives 1e-3, not 0): recompute the kept distances from the vectors themselves.
+            q_raw = q_unit * q_norm[:, None]
+            for r in range(len(part)):  # one (kk, d) block at a time: memory stays at one query's results
+                exact = np.linalg.norm(self.vectors[part[r]] * self.norms[part[r], None] - q_raw[r], axis=1)
+                top[r] = np.where(np.isfinite(top[r]), -exact, top[r])
         order = np.lexsort((self.ids[part], -top), axis=1)  # best first, ties by id
         return np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
 

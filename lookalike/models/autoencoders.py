@@ -275,12 +275,72 @@ class ResidualAE(ConvAutoencoder):
         return self.decoder(self.from_latent(z).view(-1, *self.code_shape))
 
 
+class InvariantAE(ConvAutoencoder):
+    """lookalike's default: a residual conv encoder whose globally pooled features are the embedding,
+    trained to reconstruct images *and* to give two random views of one image the same embedding.
+
+    Encoder: a stem conv at full resolution, then stages that halve the resolution (stride-2 conv +
+    BatchNorm + ReLU) each followed by a residual block, down to ``S/2^stages``; global average pooling
+    gives the embedding (``widths[-1]`` values, or ``embedding_dim``), so the embedding does not depend
+    on where in the picture something is. Decoder: a Linear layer back to that map, then nearest upsampling + conv
+    stages to the image. Projector: a small MLP on the embedding used only by the invariance loss
+    during training (as in SimCLR/VICReg, the features *before* it retrieve best); ``project`` exposes it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 32,
+        widths: tuple[int, ...] | list[int] = (32, 64, 128, 256),
+        projector: tuple[int, ...] | list[int] = (512, 128),
+        embedding_dim: int | None = None,
+    ):
+        super().__init__(in_channels, image_size)
+        if len(widths) < 2:
+            raise ValueError("the invariant autoencoder needs at least two widths (stem and one stage)")
+        stages = len(widths) - 1
+        _check_divisible(image_size, 2**stages, "invariant")
+        s = image_size // 2**stages
+        w = list(widths)
+        if embedding_dim is not None:  # --latent-dim: the last stage's width is the embedding size
+            w[-1] = int(embedding_dim)
+        self.code_shape = (w[-1], s, s)
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, w[0], 3, padding=1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(inplace=True),
+        ]  # fmt: skip
+        for a, b in zip(w[:-1], w[1:]):
+            layers += [_down(a, b), _ResBlock(b)]
+        self.encoder = nn.Sequential(*layers)
+        dim = w[-1]
+        self.from_latent = nn.Sequential(nn.Linear(dim, dim * s * s), nn.ReLU(inplace=True))
+        ups: list[nn.Module] = [_up(b, a) for a, b in zip(w[:-1], w[1:])][::-1]
+        self.decoder = nn.Sequential(*ups, nn.Conv2d(w[0], in_channels, 3, padding=1))
+        head: list[nn.Module] = []
+        for i, out in enumerate(projector):
+            head.append(nn.Linear(dim, out, bias=i == len(projector) - 1))
+            if i < len(projector) - 1:
+                head += [nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
+            dim = out
+        self.projector = nn.Sequential(*head)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).mean(dim=(2, 3))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.from_latent(z).view(-1, *self.code_shape))
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """Embedding -> the projector's output, where the invariance loss is computed."""
+        return self.projector(z)
+
+
 ARCHITECTURES: dict[str, Callable[..., ConvAutoencoder]] = {
     "cifar-seed": CifarSeedAE,
     "mnist-seed": MnistSeedAE,
     "folder-seed": FolderSeedAE,
     "dense-latent": DenseLatentAE,
     "residual": ResidualAE,
+    "invariant": InvariantAE,
 }
 
 

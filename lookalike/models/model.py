@@ -115,12 +115,23 @@ class Model:
         image_size: int | None = None,
         latent_dim: int | None = None,
         channels: int | None = None,
+        arch_overrides: dict[str, Any] | None = None,
         **train_overrides: Any,
     ) -> Model:
-        """An untrained model from a preset, with optional overrides (see :mod:`lookalike.models.presets`)."""
+        """An untrained model from a preset, with optional overrides (see :mod:`lookalike.models.presets`).
+
+        ``arch_overrides`` change the network's keyword arguments (for example ``{"widths": [32, 64, 128]}``);
+        ``train_overrides`` change :class:`~lookalike.config.TrainConfig` fields (an ``augmentation`` dict
+        is merged into the preset's).
+        """
         try:
             arch, kwargs, prep, train = resolve_preset(
-                preset, image_size=image_size, latent_dim=latent_dim, channels=channels, **train_overrides
+                preset,
+                image_size=image_size,
+                latent_dim=latent_dim,
+                channels=channels,
+                arch_overrides=arch_overrides,
+                **train_overrides,
             )
             torch.manual_seed(train.seed)
             network = build_network(arch, in_channels=prep.channels, image_size=prep.image_size, **kwargs)

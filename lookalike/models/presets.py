@@ -32,6 +32,37 @@ _ZERO_ONE = {"mean": (0.0,), "std": (1.0,)}  # pixels scaled to [0, 1], no centr
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
+        architecture="invariant",
+        arch_kwargs={"widths": [32, 64, 128], "projector": [512, 128]},
+        preprocessing=Preprocessing(image_size=32),
+        train=TrainConfig(
+            epochs=30,
+            batch_size=256,
+            lr=2e-3,
+            weight_decay=5e-4,
+            optimizer="adamw",
+            schedule="cosine",
+            warmup_epochs=1.0,
+            objective="simclr",
+            temperature=0.2,
+            recon_weight=1.0,
+            recon_batch=32,
+            augmentation={"view_scale": 0.5},
+            amp="auto",
+        ),
+        summary=(
+            "lookalike's residual conv autoencoder, 128-d pooled embedding; learns from reconstruction "
+            "plus agreement between two random views of each image (SimCLR loss)"
+        ),
+        provenance=(
+            "lookalike's own design: SimCLR's loss and augmentations (Chen et al., 2020) on half-size views, "
+            "beside denoising reconstruction of whole images; measured in BENCHMARKS.md."
+        ),
+        latent_arg="embedding_dim",
+        size_multiple=4,
+    ),
+    "denoising": Preset(
+        name="denoising",
         architecture="residual",
         arch_kwargs={"widths": [24, 48, 96], "latent_dim": 256},
         preprocessing=Preprocessing(image_size=32),
@@ -46,8 +77,8 @@ PRESETS: dict[str, Preset] = {
             noise_std=0.2,
             hflip=True,
         ),
-        summary="lookalike's residual conv autoencoder (BatchNorm, denoising, cosine schedule), 256-d",
-        provenance="lookalike's own design.",
+        summary="residual conv denoising autoencoder (BatchNorm, cosine schedule), Linear 256-d bottleneck",
+        provenance="lookalike 0.1's default: reconstruction only (kept to measure what the invariance loss adds).",
         size_multiple=8,
     ),
     "cifar-seed": Preset(
@@ -121,9 +152,13 @@ def resolve_preset(
     image_size: int | None = None,
     latent_dim: int | None = None,
     channels: int | None = None,
+    arch_overrides: dict[str, Any] | None = None,
     **train_overrides: Any,
 ) -> tuple[str, dict[str, Any], Preprocessing, TrainConfig]:
     """A preset with user overrides applied: (architecture, arch kwargs, preprocessing, train config).
+
+    ``arch_overrides`` update the network's keyword arguments; ``train_overrides`` replace
+    :class:`TrainConfig` fields, except ``augmentation``, whose dict is merged into the preset's.
 
     Raises:
         ValueError: an override the preset cannot take (a latent size for a preset whose embedding is
@@ -139,10 +174,13 @@ def resolve_preset(
         prep = prep.replace(image_size=image_size)
     if channels is not None:
         prep = prep.replace(channels=channels)
-    kwargs = dict(preset.arch_kwargs)
+    kwargs = {**preset.arch_kwargs, **(arch_overrides or {})}
     if latent_dim is not None:
         if preset.latent_arg is None:
             raise ValueError(f"preset {name!r} has no latent size to set: its embedding is the flattened feature map")
         kwargs[preset.latent_arg] = latent_dim
-    train = replace(preset.train, **{k: v for k, v in train_overrides.items() if v is not None})
+    changes = {k: v for k, v in train_overrides.items() if v is not None}
+    if "augmentation" in changes:
+        changes["augmentation"] = {**(preset.train.augmentation or {}), **changes["augmentation"]}
+    train = replace(preset.train, **changes)
     return preset.architecture, kwargs, prep, train

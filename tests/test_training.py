@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from lookalike import LookalikeError
 from lookalike.models import PRESETS, Model
 from lookalike.search import Index
 from lookalike.serialization import CHECKPOINT_NAME, load_checkpoint
-from lookalike.train import auto_image_size, split_indices, train
+from lookalike.training import auto_image_size, split_indices, train
 
 from .conftest import make_class_images, tree_snapshot
 
@@ -27,7 +28,7 @@ def test_train_writes_model_dir_checkpoint_and_pictures(trained_model_dir: Path)
     assert Image.open(grids[-1]).size[0] > 100
     config = json.loads((trained_model_dir / "config.json").read_text())
     assert config["format"] == "lookalike-model" and config["lookalike_version"]
-    assert config["architecture"]["name"] == "residual"
+    assert config["architecture"]["name"] == "invariant"
     assert config["preprocessing"]["image_size"] == 16
     history = config["info"]["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -161,4 +162,68 @@ def test_trained_model_finds_same_class_far_above_chance(tmp_path: Path) -> None
     results = index.search_batch(list(index.entries), k=5, exclude_self=True)
     precision = np.mean([[h.label == index.entries[q].label for h in hits] for q, hits in zip(index.entries, results)])
     assert precision > 0.85, precision
-    assert len(PRESETS) == 5
+    assert len(PRESETS) == 6
+
+
+def test_lookalike_train_stays_the_function_after_the_training_module_is_imported() -> None:
+    import lookalike
+    import lookalike.cli  # noqa: F401  (imports lookalike.training, as the command line does)
+    import lookalike.training
+
+    assert lookalike.train is lookalike.training.train
+    assert callable(lookalike.train)
+
+
+def test_amp_setting_is_checked_and_follows_the_cpu() -> None:
+    from lookalike.models.model import cpu_supports_bf16
+    from lookalike.training import use_amp
+
+    cpu = torch.device("cpu")
+    assert use_amp("off", cpu) is False
+    assert use_amp("auto", cpu) == use_amp("bf16", cpu) == cpu_supports_bf16()
+    with pytest.raises(LookalikeError, match="unknown amp setting"):
+        use_amp("fp8", cpu)
+
+
+def test_the_default_learns_views_of_one_image_alike(tmp_path: Path) -> None:
+    """The invariance objective: after a little training on two classes, the embeddings of two random
+    views of the same image are closer than those of different images, and the model still reconstructs."""
+    from lookalike.augment import Augmentation, random_view
+
+    make_class_images(tmp_path / "imgs", per_class=32, size=32, seed=4)
+    model = train(tmp_path / "imgs", tmp_path / "m", epochs=4, batch_size=32, seed=0, val_fraction=0)
+    assert model.architecture == "invariant" and model.train_config.objective == "simclr"
+    history = model.info["history"]
+    assert len(history) == 4 and all(np.isfinite(h["train_loss"]) for h in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (tmp_path / "m" / "reconstructions" / "epoch_004.png").exists()
+
+    pixels = np.stack(
+        [np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in sorted((tmp_path / "imgs").rglob("*.*"))]
+    )
+    x = torch.from_numpy(pixels).float() / 255
+
+    def same_and_other(m: Model) -> tuple[float, float]:
+        """Mean cosine of two views of one image, and of views of different images."""
+        gen = torch.Generator().manual_seed(0)
+        prep = m.preprocessing
+        mean, std = torch.tensor(prep.mean).view(1, -1, 1, 1), torch.tensor(prep.std).view(1, -1, 1, 1)
+        with torch.inference_mode():
+            net = m.network.eval()
+            a, b = (F.normalize(net.encode((random_view(x, Augmentation(), gen) - mean) / std), dim=1) for _ in "ab")
+        return float((a * b).sum(1).mean()), float((a @ b.T).fill_diagonal_(float("nan")).nanmean())
+
+    same, other = same_and_other(model)
+    same0, other0 = same_and_other(Model.from_preset("default"))  # untrained: crops overlap, so some gap already
+    assert same - other > (same0 - other0) + 0.1
+
+
+def test_an_objective_needs_a_network_with_a_projector() -> None:
+    from lookalike.training import Trainer, TrainingData
+
+    data = TrainingData(np.zeros((4, 3, 16, 16), np.uint8), ["a", "b", "c", "d"], [])
+    model = Model.from_preset("denoising", image_size=16, objective="simclr")
+    with pytest.raises(LookalikeError, match="no projector"):
+        Trainer(model, None).fit(data)
+    with pytest.raises(LookalikeError, match="unknown objective"):
+        Trainer(Model.from_preset("default", image_size=16, objective="byol"), None).fit(data)

@@ -1,8 +1,9 @@
 """Train an autoencoder on a folder of images (or a built-in dataset).
 
 The trainer is model-agnostic: it decodes the images once into uint8 pixels, holds out a validation
-split, and runs the reconstruction objective of the model's recipe (denoising noise and flips when the
-recipe asks). After every epoch it writes the model directory, a resumable checkpoint, ``loss.png`` and a
+split, and runs the objective of the model's recipe: reconstruction (denoising noise and flips when the
+recipe asks), or, for the default model, an invariance loss between two random views of every image
+(``augment.py``, ``objectives.py``) plus reconstruction of a few whole images per batch. After every epoch it writes the model directory, a resumable checkpoint, ``loss.png`` and a
 reconstruction grid. Progress goes to callbacks; the library itself never prints.
 """
 
@@ -25,10 +26,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ._callbacks import emit
+from .augment import Augmentation, random_view
 from .config import Preprocessing, TrainConfig
-from .data import arrays_to_pixels, find_images, image_loader, normalize
+from .data import arrays_to_pixels, find_images, image_loader, normalize, normalize_unit
 from .errors import LookalikeError
 from .models import Model, resolve_device
+from .models.model import cpu_supports_bf16
+from .objectives import OBJECTIVES, invariance_loss
 from .plots import loss_curve, reconstruction_grid
 from .serialization import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, save_checkpoint
 
@@ -105,6 +109,18 @@ def decode_folder(
     return TrainingData(pixels[keep], [str(paths[i]) for i in keep], skipped)
 
 
+def use_amp(amp: str, device: torch.device) -> bool:
+    """Whether to train under bfloat16 autocast: ``bf16`` and ``auto`` ask for it where it runs natively
+    (CUDA, or a CPU with bfloat16 instructions); ``off`` never."""
+    if amp == "off":
+        return False
+    if amp not in ("bf16", "auto"):
+        raise LookalikeError(f"unknown amp setting {amp!r} (use off, bf16 or auto)")
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
 def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -154,11 +170,16 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.history: list[dict[str, Any]] = list(model.info.get("history", []))
         self.device = resolve_device(self.cfg.device)
+        self.augmentation = Augmentation.from_dict(self.cfg.augmentation or {})
 
     def fit(self, data: TrainingData, *, resume_state: dict[str, Any] | None = None) -> Model:
         cfg, model = self.cfg, self.model
         if cfg.loss == "bce" and model.network.output_activation != "sigmoid":
             raise LookalikeError("bce loss needs a model with a sigmoid output (use mse)")
+        if cfg.objective not in OBJECTIVES:
+            raise LookalikeError(f"unknown objective {cfg.objective!r} (use one of {', '.join(OBJECTIVES)})")
+        if cfg.objective != "none" and not hasattr(model.network, "project"):
+            raise LookalikeError(f"the {model.architecture} network has no projector for the {cfg.objective} objective")
         if len(data.pixels) == 0:
             raise LookalikeError("no readable images to train on")
         train_idx, val_idx = split_indices(len(data.pixels), cfg.val_fraction, cfg.seed)
@@ -201,7 +222,7 @@ class Trainer:
         return model
 
     def _epoch(self, epoch, pixels, train_idx, val_idx, batch, optimizer, scheduler, gen) -> EpochStats:
-        cfg, net, prep = self.cfg, self.model.network, self.model.preprocessing
+        cfg, net = self.cfg, self.model.network
         cl = self.device.type == "cpu"
         net.train()
         order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
@@ -211,15 +232,10 @@ class Trainer:
             idx = order[start : start + batch]
             if len(idx) < 2 and seen:  # a lone final image would break BatchNorm; it is seen next epoch
                 continue
-            x = normalize(pixels[idx].to(self.device), prep)
-            if cfg.hflip:
-                flip = torch.rand(len(x), generator=gen) < 0.5
-                x[flip] = x[flip].flip(-1)
-            inp = x + cfg.noise_std * torch.randn(x.shape, generator=gen).to(x) if cfg.noise_std > 0 else x
-            if cl:
-                inp = inp.contiguous(memory_format=torch.channels_last)
-            recon, _ = net(inp)
-            loss = _loss(recon, x, cfg.loss)
+            if cfg.objective == "none":
+                loss = self._reconstruction_step(pixels[idx], gen, cl)
+            else:
+                loss = self._invariance_step(pixels[idx], gen, cl)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -233,6 +249,42 @@ class Trainer:
         seconds = time.perf_counter() - t0
         val_loss = self.evaluate(pixels[torch.from_numpy(val_idx)]) if len(val_idx) else None
         return EpochStats(epoch + 1, total / max(seen, 1), val_loss, seconds, seen / max(seconds, 1e-9))
+
+    def _autocast(self):
+        """bfloat16 autocast when the config asks for it and the device computes it natively."""
+        enabled = use_amp(self.cfg.amp, self.device)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _reconstruction_step(self, pixels: torch.Tensor, gen: torch.Generator, cl: bool) -> torch.Tensor:
+        """(Denoising) reconstruction loss of one batch of uint8 pixels."""
+        cfg, net = self.cfg, self.model.network
+        x = normalize(pixels.to(self.device), self.model.preprocessing)
+        if cfg.hflip:
+            flip = torch.rand(len(x), generator=gen) < 0.5
+            x[flip] = x[flip].flip(-1)
+        inp = x + cfg.noise_std * torch.randn(x.shape, generator=gen).to(x) if cfg.noise_std > 0 else x
+        if cl:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            recon, _ = net(inp)
+        return _loss(recon.float(), x, cfg.loss)
+
+    def _invariance_step(self, pixels: torch.Tensor, gen: torch.Generator, cl: bool) -> torch.Tensor:
+        """Invariance loss between the projections of two random views of each image, plus the
+        (denoising) reconstruction loss of the first ``recon_batch`` images of the batch, whole and clean."""
+        cfg, net, prep = self.cfg, self.model.network, self.model.preprocessing
+        x = pixels.to(self.device).float().div_(255.0)
+        n = len(x)
+        views = torch.cat([random_view(x, self.augmentation, gen), random_view(x, self.augmentation, gen)])
+        views = normalize_unit(views, prep)
+        if cl:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            p = net.project(net.encode(views))
+            loss = cfg.invariance_weight * invariance_loss(cfg.objective, p[:n], p[n:], cfg.temperature)
+        if cfg.recon_weight > 0 and cfg.recon_batch > 0:
+            loss = loss + cfg.recon_weight * self._reconstruction_step(pixels[: cfg.recon_batch], gen, cl)
+        return loss
 
     @torch.inference_mode()
     def evaluate(self, pixels: torch.Tensor, batch: int = 512) -> float:
