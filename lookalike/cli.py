@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -53,7 +54,8 @@ PRESET_NAMES = ("default", "denoising", "cifar-seed", "mnist-seed", "dense-laten
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: messages carry file names and hints such as lookalike[serve], never rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -574,7 +576,7 @@ def serve(
         str | None,
         typer.Option(
             envvar="LOOKALIKE_TOKEN",
-            help="Require 'Authorization: Bearer TOKEN' on every route but /health (a browser opens /?token=TOKEN once).",
+            help="Require 'Authorization: Bearer TOKEN' on every route but /health (browsers: open /?token=TOKEN).",
         ),
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MiB (larger: 413).")] = 16.0,

@@ -141,3 +141,10 @@ def test_cuda_without_a_gpu_is_a_clear_error(class_folder: Path, tmp_path: Path)
     line = one_error_line(run_cli("train", class_folder, "-o", tmp_path / "m", "--device", "cuda", "--epochs", "1"))
     assert "no CUDA GPU is available" in line
     assert not (tmp_path / "m").exists()
+
+
+def test_error_lines_keep_square_brackets(tmp_path: Path) -> None:
+    """Messages are printed verbatim, never read as rich markup (a folder named like a tag stays whole)."""
+    missing = tmp_path / "photos[bold]" / "x"
+    line = one_error_line(run_cli("train", missing, "-o", tmp_path / "m"))
+    assert "photos[bold]" in line
