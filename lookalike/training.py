@@ -4,7 +4,8 @@ The trainer is model-agnostic: it decodes the images once into uint8 pixels, hol
 split, and runs the objective of the model's recipe: reconstruction (denoising noise and flips when the
 recipe asks), or, for the default model, an invariance loss between two random views of every image
 (``augment.py``, ``objectives.py``) plus reconstruction of a few whole images per batch. After every
-epoch it writes the model directory, a resumable checkpoint, ``loss.png`` and a reconstruction grid. Progress goes to callbacks; the library itself never prints.
+epoch it writes the model directory, a resumable checkpoint, ``loss.png`` and a reconstruction grid.
+Progress goes to callbacks; the library itself never prints.
 """
 
 from __future__ import annotations

@@ -125,7 +125,12 @@ def test_health_info_and_page(served: TestClient, index) -> None:
 
 
 def test_docs_and_schema(served: TestClient) -> None:
-    assert served.get("/docs").status_code == 200
+    docs = served.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI comes from the swagger-ui-bundle package, not a CDN: the page works offline.
+    assert "cdn" not in docs.text.lower() and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    asset = served.get("/docs-assets/swagger-ui-bundle.js")
+    assert asset.status_code == 200 and len(asset.content) > 100_000
     schema = served.get("/openapi.json").json()
     assert {"get", "post"} <= set(schema["paths"]["/api/search"])
     for path in ("/api/images", "/api/images/{image_id}", "/thumbs/{image_id}", "/health", "/metrics", "/api/info"):

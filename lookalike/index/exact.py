@@ -24,6 +24,16 @@ def l2_normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vectors, norms
 
 
+def check_vectors(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """``vectors`` as float32 ``(n, dim)`` (one 1-d vector becomes a row), or a one-line error naming ``what``."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise LookalikeError(f"{what} have shape {vectors.shape}; this index holds {dim}-d vectors")
+    return vectors
+
+
 class ExactIndex:
     """Exact nearest neighbours over unit vectors, remembering each vector's original norm.
 
@@ -43,12 +53,7 @@ class ExactIndex:
         return len(self.ids)
 
     def _check(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim == 1:
-            vectors = vectors[None, :]
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise LookalikeError(f"{what} have shape {vectors.shape}; this index holds {self.dim}-d vectors")
-        return vectors
+        return check_vectors(vectors, self.dim, what)
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add raw vectors (normalised here) under the given ids (which must be new)."""

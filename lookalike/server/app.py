@@ -261,6 +261,37 @@ class ServerState:
         return k, None
 
 
+def _swagger_assets() -> Path | None:
+    """Swagger UI's files from the ``swagger-ui-bundle`` package, so /docs works offline; None without it."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    path = Path(str(swagger_ui_path))
+    return path if (path / "swagger-ui-bundle.js").is_file() else None
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Serve /docs from the locally installed Swagger UI (FastAPI's default page loads it from a CDN)."""
+    assets = _swagger_assets()
+    if assets is None:
+        return
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="lookalike API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
 def _read_static(name: str) -> tuple[bytes, str]:
     data = (resources.files("lookalike.server") / "static" / name).read_bytes()
     return data, '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
@@ -434,8 +465,10 @@ def build_app(index: Index | Path, settings: ServerSettings) -> FastAPI:
             "route but `/health` needs `Authorization: Bearer <token>`."
         ),
         lifespan=lifespan,
+        docs_url=None if _swagger_assets() is not None else "/docs",
     )
     app.state.lookalike = state
+    _offline_docs(app)
     state.app = app
     app.add_middleware(Gate, state=state)
 
