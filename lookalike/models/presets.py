@@ -46,7 +46,7 @@ PRESETS: dict[str, Preset] = {
             objective="simclr",
             temperature=0.2,
             recon_weight=1.0,
-            recon_batch=32,
+            recon_batch=16,
             augmentation={"view_scale": 0.5},
             amp="auto",
         ),
