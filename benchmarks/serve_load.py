@@ -44,7 +44,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -80,23 +79,14 @@ def generate_images(folder: Path, n: int, seed: int = 0) -> None:
 
 
 def extract_cifar(tarball: Path, cache: Path) -> Path:
-    """The CIFAR-10 train folder, extracted once into ``cache/cifar10`` (shared with speed.py)."""
-    dest = cache / "cifar10"
-    marker = dest / ".complete"
-    stamp = f"{tarball.stat().st_size} {tarball.stat().st_mtime_ns}"
-    if not (marker.is_file() and marker.read_text() == stamp):
-        cache.mkdir(parents=True, exist_ok=True)
-        print(f"extracting {tarball} into {dest} (once) ...", flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".cifar10-", dir=cache))
-        with tarfile.open(tarball) as tf:
-            try:
-                tf.extractall(tmp, filter="data")
-            except TypeError:  # Python without extraction filters
-                tf.extractall(tmp)
-        (tmp / ".complete").write_text(stamp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-    return dest / "train"
+    """The CIFAR-10 train folder, extracted once into ``cache/cifar10`` by speed.py's ``prepare_data``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lookalike_bench_speed", Path(__file__).with_name("speed.py"))
+    assert spec is not None and spec.loader is not None
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    return speed.prepare_data(tarball, cache, None)
 
 
 def subset(train: Path, cache: Path, limit: int) -> Path:
