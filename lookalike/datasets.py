@@ -32,27 +32,22 @@ The registry entries are plain (mutable) dataclasses, so tests may also replace 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.client
 import logging
 import os
 import re
 import shutil
-import socket
 import struct
 import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
+from lookalike._download import DownloadError, Progress, file_digest, os_reason
+from lookalike._download import download as _download_file
 from lookalike._fs import make_temp_dir
 from lookalike.errors import LookalikeError
 
@@ -72,14 +67,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int | None], None]
-"""A progress callback: ``progress(done, total)``; ``total`` is ``None`` when unknown."""
-
 CACHE_ENV = "LOOKALIKE_CACHE"
 MIRROR_ENV = "LOOKALIKE_DATASETS_MIRROR"
 SPLITS = ("train", "test")
 
-_CHUNK = 1 << 20
 _USER_AGENT = "lookalike-datasets/1 (+https://pypi.org/project/lookalike/)"
 _CIFAR_DIR = "cifar-10-batches-bin"
 _CIFAR_RECORD = 1 + 32 * 32 * 3
@@ -226,20 +217,6 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
 }
 """The built-in datasets, by name."""
-
-
-class DownloadError(LookalikeError):
-    """A file could not be fetched; ``str()`` is ``"could not download <url>: <reason>"``.
-
-    Attributes:
-        url: The URL that failed.
-        reason: A short reason, e.g. ``"Connection refused"`` or ``"HTTP 404 Not Found"``.
-    """
-
-    def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        self.reason = reason
-        super().__init__(f"could not download {url}: {reason}")
 
 
 class _NotCachedError(LookalikeError):
@@ -428,7 +405,7 @@ def export_dataset(
     try:
         tmp = make_temp_dir(out_dir)
     except OSError as exc:
-        raise LookalikeError(f"cannot export to {out_dir}: {_os_reason(exc)}") from exc
+        raise LookalikeError(f"cannot export to {out_dir}: {os_reason(exc)}") from exc
     try:
         for label in np.unique(data.labels[selected]):
             (tmp / folders[int(label)]).mkdir()
@@ -442,7 +419,7 @@ def export_dataset(
             out_dir.rmdir()  # empty, checked above; os.replace onto a directory is not portable
         os.replace(tmp, out_dir)
     except OSError as exc:
-        raise LookalikeError(f"cannot export to {out_dir}: {_os_reason(exc)}") from exc
+        raise LookalikeError(f"cannot export to {out_dir}: {os_reason(exc)}") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -463,14 +440,6 @@ def _dataset_info(name: str) -> DatasetInfo:
         raise LookalikeError(f"unknown dataset {name!r}; choose one of: {known}") from None
 
 
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _ensure_file(
     info: DatasetInfo,
     remote: RemoteFile,
@@ -483,9 +452,9 @@ def _ensure_file(
     path = directory / remote.filename
     if path.is_file():
         try:
-            actual = _md5_of(path)
+            actual = file_digest(path, "md5")
         except OSError as exc:
-            raise LookalikeError(f"cannot read cached file {path}: {_os_reason(exc)}") from exc
+            raise LookalikeError(f"cannot read cached file {path}: {os_reason(exc)}") from exc
         if actual == remote.md5.lower():
             logger.debug("using cached %s", path)
             return path, False
@@ -500,80 +469,9 @@ def _ensure_file(
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LookalikeError(f"cannot create cache directory {directory}: {_os_reason(exc)}") from exc
-    _download(info.url(remote), path, remote.md5, timeout, progress)
+        raise LookalikeError(f"cannot create cache directory {directory}: {os_reason(exc)}") from exc
+    _download_file(info.url(remote), path, md5=remote.md5, timeout=timeout, progress=progress, user_agent=_USER_AGENT)
     return path, True
-
-
-def _download(url: str, dest: Path, md5: str, timeout: float, progress: Progress | None) -> None:
-    """Stream ``url`` into ``dest`` via a ``.part`` file, verifying its MD5 before renaming it."""
-    logger.info("downloading %s to %s", url, dest)
-    try:
-        fd, part_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    except OSError as exc:
-        raise LookalikeError(f"cannot write to cache directory {dest.parent}: {_os_reason(exc)}") from exc
-    part = Path(part_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _fetch_into(url, out, timeout, progress)
-        if actual != md5.lower():
-            raise LookalikeError(
-                f"checksum mismatch for {url}: expected md5 {md5.lower()}, got {actual}; the download was deleted"
-            )
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
-
-
-def _fetch_into(url: str, out: BinaryIO, timeout: float, progress: Progress | None) -> str:
-    """Copy ``url`` into the binary file ``out``; return the MD5 hex digest of what was written."""
-    digest = hashlib.md5(usedforsecurity=False)
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    done = 0
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            if progress is not None:
-                progress(0, total)
-            while True:
-                chunk = response.read(_CHUNK)
-                if not chunk:
-                    break
-                try:
-                    out.write(chunk)
-                except OSError as exc:
-                    raise LookalikeError(f"cannot write the download of {url}: {_os_reason(exc)}") from exc
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-    except urllib.error.HTTPError as exc:
-        raise DownloadError(url, f"HTTP {exc.code} {exc.reason}") from exc
-    except urllib.error.URLError as exc:
-        raise DownloadError(url, _reason_text(exc.reason, timeout)) from exc
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise DownloadError(url, _reason_text(exc, timeout)) from exc
-    if total is not None and done != total:
-        raise DownloadError(url, f"the connection closed after {done:,} of {total:,} bytes")
-    return digest.hexdigest()
-
-
-def _reason_text(reason: object, timeout: float) -> str:
-    """Turn an exception (or URLError's reason) into a short, one-line reason."""
-    if isinstance(reason, (socket.timeout, TimeoutError)):
-        text = f"timed out after {timeout:g} s"
-    elif isinstance(reason, OSError) and reason.strerror:
-        text = reason.strerror
-    elif isinstance(reason, BaseException):
-        text = str(reason) or type(reason).__name__
-    else:
-        text = str(reason)
-    return " ".join(text.split()) or "unknown error"
-
-
-def _os_reason(exc: OSError) -> str:
-    return " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
 
 
 def _npy_paths(directory: Path, split: str) -> tuple[Path, Path]:
@@ -752,7 +650,7 @@ def _check_export_target(out_dir: Path) -> None:
         try:
             non_empty = any(out_dir.iterdir())
         except OSError as exc:
-            raise LookalikeError(f"cannot export to {out_dir}: {_os_reason(exc)}") from exc
+            raise LookalikeError(f"cannot export to {out_dir}: {os_reason(exc)}") from exc
         if non_empty:
             raise LookalikeError(f"cannot export to {out_dir}: the directory is not empty")
     elif out_dir.exists():

@@ -94,6 +94,7 @@ class EvaluationResult:
     info: dict[str, Any] = field(default_factory=dict)  # context from the caller (JSON-ready), kept in to_dict
     query_labels: list[Any] | None = None  # per query: its label as given (not in to_dict)
     query_keys: list[Any] | None = None  # per query: what it is (Index.evaluate: an id or a path; not in to_dict)
+    query_ap_at_k: np.ndarray | None = None  # per query: AP@map_k, NaN for a query left out (not in to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the summary (NaN becomes None; per-query arrays are left out)."""
@@ -372,6 +373,7 @@ def evaluate_vectors(
     ks_arr = np.array(ks)
 
     ap = np.full(n_q, np.nan)
+    ap_at_k = np.full(n_q, np.nan)
     knn_ok = np.zeros(n_q, dtype=bool)
     sums = {"ap": 0.0, "ap_k": 0.0, "knn": 0, "n": 0, "chance": 0.0}
     prec_sum = np.zeros(len(ks))
@@ -413,6 +415,7 @@ def evaluate_vectors(
                 c = len(part["r"])
                 ok = part["r"] > 0
                 ap[offset : offset + c][ok] = part["ap"][ok]
+                ap_at_k[offset : offset + c][ok] = part["ap_k"][ok]
                 knn_ok[offset : offset + c] = part["knn"] & ok
                 sums["ap"] += float(part["ap"][ok].sum())
                 sums["ap_k"] += float(part["ap_k"][ok].sum())
@@ -453,4 +456,5 @@ def evaluate_vectors(
         query_knn_correct=knn_ok,
         seconds=time.perf_counter() - t0,
         query_labels=query_labels.tolist(),
+        query_ap_at_k=ap_at_k,
     )

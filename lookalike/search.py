@@ -178,6 +178,15 @@ def _label_lookup(rows: Iterable[LabelRow], bases: Sequence[Path], source: Path)
     return {k: v[0] for k, v in out.items()}
 
 
+def _model_from(model: str | os.PathLike[str]) -> Model:
+    """A model directory, or a pretrained extractor's name when no such directory exists."""
+    from .models.pretrained import is_extractor_name
+
+    if isinstance(model, str) and is_extractor_name(model) and not Path(model).exists():
+        return Model.pretrained(model)
+    return Model.load(model)
+
+
 class Index:
     """A searchable index of a folder of images.
 
@@ -218,7 +227,8 @@ class Index:
 
         Args:
             folder: the images, found recursively.
-            model: a :class:`Model`, a model directory, or None to train the default model first.
+            model: a :class:`Model`, a model directory, the name of a pretrained extractor (for example
+                ``"efficientnet-lite0"``, at its default input size), or None to train the default model first.
             out_dir: where to write the index; None keeps it in memory.
             batch_size: images per forward pass.
             num_workers: DataLoader processes decoding images.
@@ -240,7 +250,7 @@ class Index:
 
             model = train(folder, callbacks=callbacks)
         elif not isinstance(model, Model):
-            model = Model.load(model)
+            model = _model_from(model)
         model.set_precision(precision)
         result = embed_files(model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
         if len(result.positions) == 0:
@@ -265,6 +275,7 @@ class Index:
             "backend": "exact",
             "precision": model.precision,
             "model": {
+                "extractor": model.extractor,
                 "fingerprint": model.fingerprint,
                 "preset": model.preset,
                 "architecture": model.architecture,

@@ -165,6 +165,11 @@ class Trainer:
     """Runs the training loop for a :class:`Model` on prepared pixels, writing outputs to ``out_dir``."""
 
     def __init__(self, model: Model, out_dir: str | os.PathLike[str] | None, callbacks: Sequence[Any] = ()):
+        if model.is_pretrained:
+            raise LookalikeError(
+                f"{model.extractor} is a pretrained extractor: there is no autoencoder to train "
+                "(adapt it to your images with lookalike.adapt instead)"
+            )
         self.model = model
         self.cfg = model.train_config
         self.out_dir = Path(out_dir) if out_dir is not None else None

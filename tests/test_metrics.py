@@ -89,8 +89,10 @@ def assert_matches(result: EvaluationResult, ref: dict, atol: float = 1e-9) -> N
     for i, p in enumerate(ref["per_query"]):
         if p is None:
             assert math.isnan(result.query_average_precision[i]) and not result.query_knn_correct[i]
+            assert math.isnan(result.query_ap_at_k[i])
         else:
             assert result.query_average_precision[i] == pytest.approx(p["ap"], abs=atol)
+            assert result.query_ap_at_k[i] == pytest.approx(p["ap_k"], abs=atol)
             assert bool(result.query_knn_correct[i]) == p["knn"]
 
 

@@ -344,12 +344,19 @@ ARCHITECTURES: dict[str, Callable[..., ConvAutoencoder]] = {
 }
 
 
-def build_network(name: str, **kwargs: Any) -> ConvAutoencoder:
-    """Build a network by architecture name with keyword arguments from a model's ``config.json``."""
+def build_network(name: str, **kwargs: Any) -> nn.Module:
+    """Build a network by architecture name with keyword arguments from a model's ``config.json``.
+
+    ``"pretrained"`` is a pretrained backbone (:class:`~lookalike.models.pretrained.PretrainedNet`).
+    """
+    if name == "pretrained":
+        from .pretrained import PretrainedNet
+
+        return PretrainedNet(**kwargs)
     try:
         cls = ARCHITECTURES[name]
     except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
+        known = ", ".join(sorted([*ARCHITECTURES, "pretrained"]))
         raise ValueError(f"unknown architecture {name!r} (known: {known})") from None
     return cls(**kwargs)
 

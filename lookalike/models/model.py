@@ -140,7 +140,48 @@ class Model:
         init_weights(network, train.init)
         return cls(network, prep, architecture=arch, arch_kwargs=kwargs, preset=preset, train_config=train)
 
+    @classmethod
+    def pretrained(
+        cls,
+        name: str = "efficientnet-lite0",
+        *,
+        image_size: int | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        download: bool = True,
+    ) -> Model:
+        """A pretrained extractor (see :mod:`lookalike.models.pretrained`) as a model: embeds, saves, loads.
+
+        Args:
+            name: ``efficientnet-lite0``, ``efficientnet-lite2``, ``vgg16-fc1`` or a name given to
+                :func:`~lookalike.models.pretrained.register_extractor`.
+            image_size: input side in pixels (images are resized to it); default: the extractor's.
+            weights: a ``.safetensors`` or ``.pth`` file to use instead of the installed weights.
+            download: for extractors whose weights are downloaded (``vgg16-fc1``), allow the download.
+
+        Raises:
+            LookalikeError: unknown name, weights not installed (the message says which extra), or weights
+                that do not fit.
+        """
+        from .pretrained import build_pretrained
+
+        net, prep, info = build_pretrained(name, image_size=image_size, weights=weights, download=download)
+        return cls(net, prep, architecture="pretrained", arch_kwargs={"backbone": name, "head": None},
+                   preset=name, info=info)  # fmt: skip
+
     # -------------------------------------------------------------------------------------- properties
+    @property
+    def is_pretrained(self) -> bool:
+        """True for a pretrained extractor (no decoder, nothing to train but an optional head)."""
+        return self.architecture == "pretrained"
+
+    @property
+    def extractor(self) -> str:
+        """What makes the embeddings: the pretrained backbone's name (``+head`` when adapted), else ``autoencoder``."""
+        if not self.is_pretrained:
+            return "autoencoder"
+        head = self.arch_kwargs.get("head")
+        return self.arch_kwargs["backbone"] + (f"+{head['name']}" if head and head.get("name") else "")
+
     @property
     def embedding_dim(self) -> int:
         """Length of the embedding vectors."""
@@ -148,8 +189,9 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        """Where the network's weights live."""
-        return next(self.network.parameters()).device
+        """Where the network's weights live (the CPU for a network without any, like raw pixels)."""
+        tensor = next(iter([*self.network.parameters(), *self.network.buffers()]), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     @property
     def fingerprint(self) -> str:
@@ -176,7 +218,8 @@ class Model:
         ``auto`` picks bfloat16 on CPUs that compute it natively (about 1.7x faster encoding, embeddings
         within cosine 0.9999 of fp32) and fp32 elsewhere. Training always runs in fp32.
         """
-        self.precision = resolve_precision(precision, self.device)
+        has_weights = any(True for _ in self.network.parameters())
+        self.precision = resolve_precision(precision, self.device) if has_weights else "fp32"  # raw pixels stay exact
         self._bf16_network = None
         return self
 
@@ -212,6 +255,9 @@ class Model:
         """One line: preset, architecture, input, embedding size."""
         p = self.preprocessing
         mode = "RGB" if p.channels == 3 else "grey"
+        if self.is_pretrained:
+            return (f"{self.extractor} (pretrained, {p.image_size}x{p.image_size} RGB -> {self.embedding_dim}-d, "
+                    f"{sum(t.numel() for t in self.network.parameters()):,} parameters)")  # fmt: skip
         return (
             f"{self.preset} ({self.architecture}, {p.image_size}x{p.image_size} {mode} -> "
             f"{self.embedding_dim}-d, {sum(t.numel() for t in self.network.parameters()):,} parameters)"
@@ -310,6 +356,8 @@ class Model:
     @torch.inference_mode()
     def reconstruct(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """Prepared uint8 pixels -> the autoencoder's reconstructions as uint8 ``(n, C, S, S)``."""
+        if self.is_pretrained:
+            raise LookalikeError(f"{self.extractor} is a pretrained extractor: it has no decoder to reconstruct with")
         x = normalize(torch.as_tensor(pixels).to(self.device), self.preprocessing)
         recon = denormalize(self.network.eval()(x)[0].float(), self.preprocessing)
         return (recon * 255).round().to(torch.uint8).cpu().numpy()
@@ -331,7 +379,7 @@ class _Encode(torch.nn.Module):
 
 def _freeze_encoder(net: ConvAutoencoder, input_shape: tuple[int, int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Trace and freeze a (bf16, CPU) network's encoder; the eager ``encode`` if that fails."""
-    dtype = next(net.parameters()).dtype
+    dtype = torch.bfloat16
     example = torch.zeros(2, *input_shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -1,0 +1,246 @@
+"""`lookalike compare`, the paired bootstrap, the query split, and adapting pretrained features."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lookalike import LookalikeError
+from lookalike import comparison as cmp
+from lookalike.adaptation import adapt, knn_graph
+from lookalike.metrics import evaluate_vectors
+from lookalike.models import Model
+from lookalike.models import pretrained as pt
+
+from .conftest import one_error_line, run_cli
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_paired_bootstrap_sees_a_real_difference_and_no_difference() -> None:
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0, 1, 400)
+    a = np.clip(b + 0.05 + rng.normal(0, 0.05, 400), 0, 1)
+    mean, (low, high), p = cmp.paired_bootstrap(a, b, n=2000, seed=1)
+    assert mean == pytest.approx(float(np.mean(a - b)))
+    assert 0 < low < mean < high and p < 0.01
+    noise = b + rng.normal(0, 0.05, 400)  # no shift: the interval covers 0
+    _, (low, high), p = cmp.paired_bootstrap(noise, b, n=2000, seed=1)
+    assert low < 0 < high and p > 0.05
+    a_nan = a.copy()
+    a_nan[:10] = np.nan  # left-out queries are dropped from both sides
+    assert cmp.paired_bootstrap(a_nan, b)[0] == pytest.approx(float(np.mean(a[10:] - b[10:])))
+
+
+def test_split_is_stratified_seeded_and_keeps_a_database_image_per_label() -> None:
+    labels = ["a"] * 50 + ["b"] * 10 + ["c"] * 2 + ["d"]
+    q, db = cmp.split_queries(labels, 0.2, 1000, seed=0)
+    assert set(q).isdisjoint(db) and len(q) + len(db) == len(labels)
+    lab = np.asarray(labels)
+    assert (lab[q] == "a").sum() == 10 and (lab[q] == "b").sum() == 2 and (lab[q] == "c").sum() == 1
+    assert "d" not in lab[q]  # a singleton can only be in the database
+    for c in "abc":
+        assert (lab[db] == c).sum() >= 1
+    np.testing.assert_array_equal(q, cmp.split_queries(labels, 0.2, 1000, seed=0)[0])
+    assert not np.array_equal(q, cmp.split_queries(labels, 0.2, 1000, seed=1)[0])
+    q_cap, _ = cmp.split_queries(labels, 0.5, 6, seed=0)
+    assert len(q_cap) <= 8
+    with pytest.raises(LookalikeError, match="at least 2 labels"):
+        cmp.split_queries(["a"] * 5 + ["b"], 0.2, 100, seed=0)
+
+
+def test_parse_extractor() -> None:
+    assert cmp.parse_extractor("efficientnet-lite0@224+adapted") == ("efficientnet-lite0", 224, True)
+    assert cmp.parse_extractor("pixels") == ("pixels", None, False)
+    with pytest.raises(LookalikeError):
+        cmp.parse_extractor("pixels@big")
+
+
+# -------------------------------------------------------------------------------------------- adapt
+@pytest.fixture
+def identity_extractor():
+    """A registered extractor whose features are the 8 mean colours/intensities of the input (no weights to fetch)."""
+
+    class MeanPool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.proj(x.mean(dim=(2, 3))))
+
+    def build(size: int) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return MeanPool()
+
+    pt.register_extractor("meanpool-test", build, embedding_dim=16, image_size=8)
+    yield "meanpool-test"
+    del pt.BACKBONES["meanpool-test"]
+
+
+def clustered_features(n_per: int = 120, n_classes: int = 6, dim: int = 16, seed: int = 0):
+    """Classes as tight groups along a direction, plus a strong nuisance component shared across classes."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (n_classes, dim))
+    nuisance = rng.normal(0, 1, (4, dim))
+    labels = np.repeat(np.arange(n_classes), n_per)
+    x = (
+        centres[labels]
+        + 1.4 * rng.normal(0, 1, (len(labels), 4)) @ nuisance
+        + 0.3 * rng.normal(0, 1, (len(labels), dim))
+    )
+    return np.abs(x).astype(np.float32), labels  # non-negative like ReLU features
+
+
+def _neighbour_gap(z: np.ndarray, graph: np.ndarray, seed: int = 0) -> float:
+    """Mean cosine of each row with its graph neighbours minus that with random rows."""
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    near = np.einsum("id,ikd->ik", u, u[graph]).mean()
+    rand = np.random.default_rng(seed).integers(0, len(u), graph.shape)
+    return float(near - np.einsum("id,ikd->ik", u, u[rand]).mean())
+
+
+def test_neighbour_head_pulls_neighbours_together_and_reloads(identity_extractor: str, tmp_path: Path) -> None:
+    """The head learns what it is trained for: graph neighbours closer, random pairs further apart.
+
+    (Its retrieval gain on real features is measured in benchmarks/compare_cifar10.py.)
+    """
+    base = Model.pretrained(identity_extractor)
+    x, _ = clustered_features()
+    adapted = adapt(base, x, dims=8, hidden=64, neighbours=5, epochs=20, batch_size=128, seed=0)
+    assert adapted.extractor == f"{identity_extractor}+adapted" and adapted.embedding_dim == 8
+    info = adapted.info["adaptation"]
+    assert info["method"] == "neighbours" and info["images"] == len(x) and info["epochs"] == 20
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centred = unit - unit.mean(0)
+    graph = knn_graph(centred / np.linalg.norm(centred, axis=1, keepdims=True), 5)
+    with torch.no_grad():
+        z = adapted.network.head(torch.from_numpy(x)).numpy()
+    before, after = _neighbour_gap(centred, graph), _neighbour_gap(z, graph)
+    assert after > before + 0.02, (before, after)
+    # saved and reloaded, the head gives the same vectors
+    adapted.save(tmp_path / "m")
+    again = Model.load(tmp_path / "m")
+    with torch.no_grad():
+        np.testing.assert_allclose(again.network.head(torch.from_numpy(x)).numpy(), z, rtol=1e-5, atol=1e-6)
+    with pytest.raises(LookalikeError, match="without a head"):
+        adapt(again, x)
+
+
+def test_pca_head_is_the_projection_of_centred_unit_features(identity_extractor: str) -> None:
+    base = Model.pretrained(identity_extractor)
+    x, _ = clustered_features(n_per=30)
+    adapted = adapt(base, x, method="pca", dims=4)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = unit - unit.mean(0)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    w, v = np.linalg.eigh(np.cov(c, rowvar=False))
+    expected = c @ v[:, np.argsort(w)[::-1][:4]]
+    with torch.no_grad():
+        got = adapted.network.head(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.abs(got), np.abs(expected), atol=1e-4)  # eigenvectors are defined up to sign
+
+
+def test_knn_graph_excludes_self_and_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 5)).astype(np.float32)
+    g = knn_graph(x, 3)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    np.testing.assert_array_equal(np.sort(g, axis=1), np.sort(np.argsort(-s, axis=1)[:, :3], axis=1))
+
+
+def test_adapt_refuses_bad_input(identity_extractor: str) -> None:
+    base = Model.pretrained(identity_extractor)
+    with pytest.raises(LookalikeError, match="16-d features"):
+        adapt(base, np.zeros((40, 3), np.float32))
+    with pytest.raises(LookalikeError, match="at least"):
+        adapt(base, np.ones((4, 16), np.float32))
+    with pytest.raises(LookalikeError, match="unknown adaptation method"):
+        adapt(base, np.ones((40, 16), np.float32), method="magic")
+
+
+# ------------------------------------------------------------------------------------------ compare
+def test_compare_scores_every_row_on_the_same_queries(
+    class_folder: Path, trained_model_dir: Path, identity_extractor: str, tmp_path: Path
+) -> None:
+    result = cmp.compare(
+        class_folder,
+        extractors=["autoencoder", "pixels", "pixels@8", f"{identity_extractor}+adapted"],
+        model=trained_model_dir,
+        out_dir=tmp_path / "out",
+        map_at=10,
+        query_fraction=0.25,
+        adapt_epochs=2,
+    )
+    assert [r.name for r in result.rows] == ["autoencoder", "pixels", "pixels@8", f"{identity_extractor}+adapted"]
+    assert result.n_queries + result.n_database == result.n_images == 24
+    assert {r.result.n_queries for r in result.rows} == {result.n_queries}
+    assert result.row("pixels@8").dims == 3 * 8 * 8 and result.row("pixels").dims == 3 * 32 * 32
+    # each row's numbers are those of evaluate_vectors on its own vectors
+    row = result.row("pixels")
+    q, db = result.query_rows, result.database_rows
+    labels = np.asarray(result.labels)
+    ref = evaluate_vectors(row.vectors[db], labels[db], row.vectors[q], labels[q], ks=(1, 10, 100), map_at=10)
+    assert row.result.map_at_k == pytest.approx(ref.map_at_k)
+    best = max(result.rows, key=lambda r: r.result.map_at_k)
+    assert result.winner == best.name and result.recommended in {r.name for r in result.rows}
+    assert result.recommendation and (result.significant == (result.ci[0] > 0))
+    # the adapted head was fitted on database images only and saved for reuse
+    adapted = result.row(f"{identity_extractor}+adapted")
+    assert adapted.model.info["adaptation"]["images"] == result.n_database
+    assert Path(adapted.model_dir, "config.json").is_file()
+
+    report = cmp.write_report(result, tmp_path / "out")
+    page = report.read_text()
+    assert "Recommendation" in page and "pixels@8" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # offline: nothing from the network
+    assert page.count("data:image/jpeg;base64,") >= 4 and "data:image/png;base64," in page
+    data = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert data["winner"] == result.winner and len(data["rows"]) == 4
+
+
+def test_compare_remembers_the_pick_for_index_auto(class_folder: Path, trained_model_dir: Path, tmp_path: Path) -> None:
+    result = cmp.compare(class_folder, extractors=["pixels", "pixels@8"], out_dir=tmp_path, map_at=10)
+    cmp.remember(result)
+    spec, why = cmp.recommended_extractor(class_folder)
+    assert spec == f"pixels@{result.row(result.recommended).image_size}" and "comparison" in why
+    out = tmp_path / "auto-index"
+    r = run_cli("index", class_folder, "-o", out, "-e", "auto")
+    assert r.exit_code == 0, r.output
+    assert "--extractor auto: using pixels@" in r.output
+
+
+def test_cli_compare_prints_table_and_writes_report(
+    class_folder: Path, trained_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    r = run_cli("compare", class_folder, "-e", "autoencoder,pixels", "-m", trained_model_dir, "-o", out, "-k", "10")
+    assert r.exit_code == 0, r.output
+    assert "mAP@10" in r.output and "recommendation:" in r.output
+    assert (out / "report.html").is_file() and (out / "precision_at_k.png").is_file()
+    r = run_cli("compare", class_folder, "-e", "pixels,nope", "-o", tmp_path / "x")
+    assert r.exit_code == 1 and "unknown extractor 'nope'" in one_error_line(r)
+
+
+def test_compare_needs_labels(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    r = run_cli("compare", tmp_path, "-e", "pixels", "-o", tmp_path / "out")
+    assert r.exit_code == 1 and "has a label" in one_error_line(r)
+
+
+def test_api_names_are_functions_not_their_modules() -> None:
+    import lookalike
+    import lookalike.adaptation
+    import lookalike.comparison
+
+    assert lookalike.compare is lookalike.comparison.compare and callable(lookalike.compare)
+    assert lookalike.adapt is lookalike.adaptation.adapt
+    assert lookalike.register_extractor is pt.register_extractor
