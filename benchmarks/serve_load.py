@@ -14,12 +14,22 @@ What it does:
    same way in a temporary folder.
 2. **A server.** ``python -m lookalike.cli serve INDEX --port P`` in a child process (its thumbnail
    cache in a temporary folder), started and waited for through ``/health``.
-3. **Load.** ``--clients`` concurrent clients (asyncio tasks, each with its own httpx ``AsyncClient``
-   and one keep-alive connection) send requests back to back for ``--warmup`` seconds (not counted) and then for
+3. **Load.** ``--clients`` concurrent clients (asyncio tasks, each with one keep-alive HTTP/1.1
+   connection) send requests back to back for ``--warmup`` seconds (not counted) and then for
    ``--duration`` seconds, drawn from ``--mix``: ``upload`` (``POST /api/search`` with one of 64 indexed
    files, k=10), ``id`` (``GET /api/search?id=…&k=10``) and ``thumb`` (``GET /thumbs/{id}``, random
    ids: mostly made on demand, not cached). Every request has a 30 s timeout; the run stops by itself.
    Only 127.0.0.1 is ever contacted.
+
+   The client (``--client``): ``raw`` (the default) writes each request as the bytes httpx would send
+   (the same request line, headers and multipart body: the ``k`` field, then the file with its filename
+   and guessed content type) on an ``asyncio`` stream and reads the whole response (status line, headers,
+   a ``Content-Length`` or chunked body); ``httpx`` uses one httpx ``AsyncClient`` per task, as the first
+   measurements did. Both time the same thing, from sending the request to reading the whole response,
+   over the same request mix (each task draws its requests from the same seeded generator). The load
+   generator shares the 2 cores with the server, so its own CPU counts: httpx spends about 1.4 ms of
+   CPU a request here, the raw client a fraction of that, which leaves more of the machine to the server
+   (the report shows both processes' CPU per request).
 4. **Report.** Per kind and overall: requests, throughput, p50/p95/p99/max latency (client side, from
    sending the request to reading the whole response) and errors (any status other than 200, or a
    failed request); the server's own batch sizes from ``/metrics``; the goal (0 errors, p99 under
@@ -183,10 +193,143 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+REQUEST_TIMEOUT_S = 30.0
+CLIENT_HEADERS = b"Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nUser-Agent: httpx\r\n"
+
+
+def multipart_body(fields: dict[str, str], name: str, data: bytes, boundary: str) -> bytes:
+    """The multipart body httpx writes for ``data=fields, files={"image": (name, data)}``: fields first."""
+    import mimetypes
+
+    out = []
+    for key, value in fields.items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+               f"Content-Type: {kind}\r\n\r\n".encode())  # fmt: skip
+    out += [data, f"\r\n--{boundary}--\r\n".encode()]
+    return b"".join(out)
+
+
+class ResponseError(Exception):
+    """A response that is not well-formed HTTP/1.1."""
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Read one whole HTTP/1.1 response: ``(status, the server closes the connection)``."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ResponseError(lines[0][:80])
+    status = int(parts[1])
+    length, chunked, close = None, False, parts[0] == b"HTTP/1.0"
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        key = key.strip().lower()
+        if key == b"content-length":
+            length = int(value)
+        elif key == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif key == b"connection":
+            close = b"close" in value.lower()
+    if chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            await reader.readexactly(size + 2)  # the chunk and its CRLF
+            if size == 0:
+                break
+    elif length is not None:
+        await reader.readexactly(length)
+    elif status >= 200 and status not in (204, 304):
+        await reader.read()  # the body runs to the end of the connection
+        close = True
+    return status, close
+
+
 async def run_load(
+    base: str, ids: list[int], payloads: list[tuple[str, bytes]], mix: dict[str, float], clients: int,
+    warmup: float, duration: float, headers: dict[str, str], k: int, seed: int, client: str = "raw",
+) -> dict[str, Any]:  # fmt: skip
+    if client == "raw":
+        return await run_load_raw(base, ids, payloads, mix, clients, warmup, duration, headers, k, seed)
+    return await run_load_httpx(base, ids, payloads, mix, clients, warmup, duration, headers, k, seed)
+
+
+async def run_load_raw(
     base: str, ids: list[int], payloads: list[tuple[str, bytes]], mix: dict[str, float], clients: int,
     warmup: float, duration: float, headers: dict[str, str], k: int, seed: int,
 ) -> dict[str, Any]:  # fmt: skip
+    """The load with one raw asyncio HTTP/1.1 keep-alive connection per client (see the module docstring)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    common = f"Host: {url.netloc}\r\n".encode() + CLIENT_HEADERS
+    common += b"".join(f"{key}: {value}\r\n".encode() for key, value in headers.items())
+    boundary = "3db1e6279daf4c843b45acef7ebe717a"
+    uploads = []
+    for name, data in payloads:
+        body = multipart_body({"k": str(k)}, name, data, boundary)
+        uploads.append(b"POST /api/search HTTP/1.1\r\n" + common + f"Content-Length: {len(body)}\r\n"
+                       f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode() + body)  # fmt: skip
+    kinds, weights = list(mix), list(mix.values())
+    records: list[tuple[str, float, bool]] = []  # kind, seconds, ok
+    failures: dict[str, int] = {}
+    t_start = time.monotonic()
+    t_count = t_start + warmup
+    t_end = t_count + duration
+
+    async def one_client(n: int) -> None:
+        rng = random.Random(seed * 1000 + n)
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        while True:
+            now = time.monotonic()
+            if now >= t_end:
+                break
+            kind = rng.choices(kinds, weights)[0]
+            if kind == "upload":
+                request = uploads[rng.randrange(len(uploads))]
+            elif kind == "id":
+                request = f"GET /api/search?id={rng.choice(ids)}&k={k} HTTP/1.1\r\n".encode() + common + b"\r\n"
+            else:
+                request = f"GET /thumbs/{rng.choice(ids)} HTTP/1.1\r\n".encode() + common + b"\r\n"
+            t0 = time.perf_counter()
+            ok = False
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                    assert reader is not None
+                    writer.write(request)
+                    status, close = await read_response(reader)
+                ok = status == 200
+                reason = f"HTTP {status}"
+            except (OSError, EOFError, TimeoutError, ValueError, asyncio.LimitOverrunError, ResponseError) as exc:
+                reason = type(exc).__name__
+                close = True
+            seconds = time.perf_counter() - t0
+            if close and writer is not None:
+                writer.close()
+                reader = writer = None
+            if now >= t_count:
+                records.append((kind, seconds, ok))
+                if not ok:
+                    failures[f"{kind}: {reason}"] = failures.get(f"{kind}: {reason}", 0) + 1
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(one_client(n) for n in range(clients)))
+    wall = time.monotonic() - t_count
+    return {"records": records, "failures": failures, "seconds": wall}
+
+
+async def run_load_httpx(
+    base: str, ids: list[int], payloads: list[tuple[str, bytes]], mix: dict[str, float], clients: int,
+    warmup: float, duration: float, headers: dict[str, str], k: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The load with one httpx ``AsyncClient`` (one keep-alive connection) per client."""
     import httpx
 
     kinds, weights = list(mix), list(mix.values())
@@ -225,7 +368,7 @@ async def run_load(
                 if not ok:
                     failures[f"{kind}: {reason}"] = failures.get(f"{kind}: {reason}", 0) + 1
 
-    timeout = httpx.Timeout(30.0)
+    timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
 
     async def one_client(n: int) -> None:
         # a client of its own per task (one keep-alive connection each): one shared pool of 50
@@ -357,8 +500,8 @@ def cpu_report(before: tuple, after: tuple, requests: float) -> dict[str, Any] |
 def print_report(result: dict[str, Any]) -> None:
     cfg = result["config"]
     print()
-    print(f"{cfg['clients']} clients for {cfg['duration_s']:g} s (after {cfg['warmup_s']:g} s warm-up) against "
-          f"{cfg['index_images']:,} images; mix {cfg['mix']}")  # fmt: skip
+    print(f"{cfg['clients']} clients ({cfg.get('client', 'httpx')}) for {cfg['duration_s']:g} s (after "
+          f"{cfg['warmup_s']:g} s warm-up) against {cfg['index_images']:,} images; mix {cfg['mix']}")  # fmt: skip
     head = f"{'kind':<8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
     print(head)
     print("-" * len(head))
@@ -395,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     ap.add_argument("--mix", default="upload=0.5,id=0.3,thumb=0.2", help="request kinds and their weights")
     ap.add_argument("-k", type=int, default=10, help="results per search")
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                    help="load generator: raw asyncio HTTP/1.1 (lean, the default) or httpx")  # fmt: skip
     ap.add_argument("--token", help="start the server with this bearer token (and send it)")
     ap.add_argument("--server-pid", type=int, help="with --url: the server's process id, to report its CPU use")
     ap.add_argument("--seed", type=int, default=0)
@@ -440,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu0 = (cpu_seconds(server_pid) if server_pid else None, cpu_seconds(os.getpid()), busy_cpu_seconds(),
                     time.monotonic())  # fmt: skip
             load = asyncio.run(run_load(base, ids, payloads, mix, args.clients, args.warmup, args.duration,
-                                        headers, args.k, args.seed))  # fmt: skip
+                                        headers, args.k, args.seed, args.client))  # fmt: skip
             cpu1 = (cpu_seconds(server_pid) if server_pid else None, cpu_seconds(os.getpid()), busy_cpu_seconds(),
                     time.monotonic())  # fmt: skip
             server = server_batches(base, headers)
@@ -461,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "mix": args.mix,
             "k": args.k,
+            "client": args.client,
             "index_images": n_images,
             "index": "cifar10 train" if args.cifar else str(args.index) if args.index else f"{args.images} generated",
         },  # fmt: skip

@@ -401,3 +401,84 @@ def test_search_is_exact_without_faiss_or_torch(
     _, got = index.search(q[None], 7)
     assert got[0].tolist() == _brute_cosine(X, np.arange(5000), q, 7)[1].tolist()
     assert index._fp16 is None
+
+
+# ------------------------------------------------------------------------- sampled top k (big indexes)
+def _reference_top(keyed: np.ndarray, ids: np.ndarray, kk: int) -> np.ndarray:
+    """Columns of the best kk keys of each row, best first, ties by id: one full sort per row."""
+    return np.stack([np.lexsort((ids, -row))[:kk] for row in keyed])
+
+
+@pytest.mark.parametrize("c", [1, 3, 17])
+@pytest.mark.parametrize("kk", [1, 10, 37])
+@pytest.mark.parametrize("size", ["edge", "odd"])
+def test_sampled_top_is_the_exact_top_with_ties_by_id(c: int, kk: int, size: str) -> None:
+    rng = np.random.default_rng(kk * 100 + c)
+    n = kk * ExactIndex.SAMPLE_MIN_COLUMNS * (1 if size == "edge" else 2) + (0 if size == "edge" else 13)
+    index = ExactIndex(4)
+    index.ids = rng.permutation(3 * n)[:n].astype(np.int64)  # unsorted ids: the order of rows is not the tie rule
+    # each value about 4 times: entries tie with the k-th best, on both sides of the cut
+    keyed = np.ascontiguousarray((rng.integers(0, n // 4, size=(n, c)) / 8).astype(np.float32).T)
+    keyed[0, rng.choice(n, 3, replace=False)] = -np.inf  # excluded entries
+    part = index._sampled_top(keyed, kk)
+    assert part is not None  # the sampled path answered (no fallback)
+    np.testing.assert_array_equal(part, _reference_top(keyed, index.ids, kk))
+    # and the full partition agrees, up to order
+    fallback = index._partitioned_top(np.ascontiguousarray(keyed), kk)
+    np.testing.assert_array_equal(np.sort(fallback, axis=1), np.sort(part, axis=1))
+
+
+def test_sampled_top_accepts_either_memory_layout() -> None:
+    rng = np.random.default_rng(5)
+    index = ExactIndex(4)
+    index.ids = np.arange(2000, dtype=np.int64)[::-1].copy()
+    keyed = rng.normal(size=(6, 2000)).astype(np.float32).round(2)
+    want = _reference_top(keyed, index.ids, 7)
+    np.testing.assert_array_equal(index._sampled_top(np.ascontiguousarray(keyed), 7), want)
+    np.testing.assert_array_equal(index._sampled_top(np.asfortranarray(keyed), 7), want)
+
+
+def test_sampled_top_declines_what_it_cannot_do_cheaply() -> None:
+    index = ExactIndex(4)
+    index.ids = np.arange(3000, dtype=np.int64)
+    rng = np.random.default_rng(6)
+    assert index._sampled_top(rng.normal(size=(2, 3000)).astype(np.float32), 12) is None  # too few columns
+    assert index._sampled_top(np.zeros((2, 3000), np.float32), 10) is None  # all tied: every entry a candidate
+    keyed = rng.normal(size=(2, 3000)).astype(np.float32)
+    keyed[1, 5:] = np.nan  # 5 real keys for k = 10
+    assert index._sampled_top(keyed, 10) is None
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("chunk", [1, 5, 256])
+def test_big_index_with_duplicates_matches_brute_force(metric: str, chunk: int) -> None:
+    rng = np.random.default_rng(7)
+    n = 12000  # enough for k = 45 to take the sampled path
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    vectors[1000:1040] = vectors[7]  # 41 identical vectors: a tie across any k-th place
+    vectors[2000:2020] = vectors[8] * 3  # same direction, other norm: tied for cosine only
+    ids = (rng.permutation(n) * 5 + 11).astype(np.int64)
+    index = build(vectors, ids)
+    queries = np.concatenate([vectors[[7, 8]] * 1.5, rng.normal(size=(9, DIM)).astype(np.float32)])
+    for k in (1, 10, 45):
+        got = index.search(queries, k, metric=metric, chunk=chunk)
+        want = brute(vectors, ids, queries, k, metric)
+        np.testing.assert_array_equal(got[1][:, :k], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+    tied = index.search(vectors[7], 30, metric=metric)[1][0]
+    assert tied.tolist() == sorted(ids[np.r_[7, 1000:1040]].tolist())[:30]  # ties settled by id
+
+
+def test_big_index_search_uses_the_sampled_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
+    ids = np.arange(3000, dtype=np.int64)
+    index = build(vectors, ids)
+
+    def no_partition(*args: object) -> None:
+        raise AssertionError("fell back to the full partition")
+
+    monkeypatch.setattr(index, "_partitioned_top", no_partition)
+    queries = rng.normal(size=(4, DIM)).astype(np.float32)
+    got = index.search(queries, 10)
+    assert_matches(got, brute(vectors, ids, queries, 10, "cosine"), "cosine")

@@ -213,6 +213,98 @@ def test_concurrent_searches_are_batched_and_correct(served: TestClient, index) 
     assert re.search(r"^lookalike_search_batch_size_count \d+$", metrics, re.M)
 
 
+def test_search_json_is_what_jsonresponse_writes(served: TestClient, index, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search JSON is written by hand (hits are most of the bytes): byte for byte what FastAPI's
+    JSONResponse would write for the same content, for awkward paths and labels too."""
+    import dataclasses
+
+    from lookalike.search import Hit
+    from lookalike.server.app import json_text
+
+    for r in (served.get("/api/search", params={"id": 3, "k": 5}), upload(served, image_bytes(), k=4)):
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        assert r.content == json_text(r.json()).encode("utf-8")
+    state = served.app.state.lookalike  # type: ignore[attr-defined]
+    odd = {'a "quoted"\\back/slash\n.png': 'é "x"\u2028', "plain.png": None}
+    for i, (path, label) in enumerate(odd.items()):
+        monkeypatch.setitem(state.index.entries, i, dataclasses.replace(index.entries[i], path=path, label=label))
+        for score in (0.123456789, -1.0, 1e-30, 2.5):
+            hit = Hit(i + 1, i, Path("/x"), score, label)
+            assert state.hit_json(hit) == json_text(state.hit_out(hit))
+            assert json.loads(state.hit_json(hit))["path"] == path
+    with pytest.raises(ValueError):  # not JSON, as before
+        state.hit_json(Hit(1, 0, Path("/x"), float("nan"), None))
+
+
+def test_engine_uses_its_thread_count_and_restores_the_process_settings(index) -> None:
+    import asyncio
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from lookalike.server.engine import SearchEngine, default_threads
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen: list[tuple[int, list[int]]] = []
+    real = index.search_batch
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), blas_threads()))
+        return real(*args, **kwargs)
+
+    async def run(engine: SearchEngine) -> list:
+        await engine.start(warm_up=False)
+        try:
+            return await asyncio.gather(engine.search(1, 3), engine.search(2, 3, exclude_self=True))
+        finally:
+            await engine.stop()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    blas_before = blas_threads()
+    try:
+        index.search_batch = spy
+        got = asyncio.run(run(SearchEngine(index, threads=1)))
+    finally:
+        del index.search_batch
+        after = torch.get_num_threads(), blas_threads()
+        torch.set_num_threads(before)
+    assert [[h.id for h in hits] for hits in got] == [
+        [h.id for h in index.search(1, k=3)],
+        [h.id for h in index.search(2, k=3, exclude_self=True)],
+    ]
+    assert seen and all(s == (1, [1] * len(blas_before)) for s in seen)
+    assert after == (2, blas_before)  # torch's and BLAS's settings restored
+    assert default_threads() >= 1
+
+
+def test_start_up_objects_are_frozen_while_serving(built_index_dir: Path, tmp_path: Path) -> None:
+    import gc
+
+    before = gc.get_freeze_count()  # another server of this module may be running (then it froze its own)
+    with TestClient(create_app(built_index_dir, cache_dir=tmp_path, warm_up=False)) as client:
+        assert client.get("/api/search", params={"id": 1, "k": 2}).status_code == 200
+        assert gc.get_freeze_count() > before  # the index, model and libraries are out of the collector's sight
+        state = client.app.state.lookalike  # type: ignore[attr-defined]
+        assert gc.is_tracked(state.index.entries) and not any(o is state.index.entries for o in gc.get_objects())
+    # given back when the last server stops
+    assert gc.get_freeze_count() == 0 if before == 0 else gc.get_freeze_count() > 0
+
+
+@pytest.mark.parametrize(("cores", "threads"), [({0}, 1), ({0, 1}, 1), (set(range(8)), 7)])
+def test_default_threads_leave_a_core_to_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, cores: set[int], threads: int
+) -> None:
+    import os
+
+    from lookalike.server.engine import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
+    assert default_threads() == threads
+
+
 # ------------------------------------------------------------------------------------- bad input
 def test_upload_errors(served: TestClient, class_folder: Path) -> None:
     assert_one_line_error(

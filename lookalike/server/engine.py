@@ -6,6 +6,14 @@ queue; when the worker is free it takes all of them (up to ``max_batch``) and an
 call of :meth:`lookalike.search.Index.search_batch` per (metric, exclude-self) group, so under load
 the cost of a query falls instead of the queue growing. A query alone is answered at once, as
 ``Index.search`` would answer it.
+
+The worker computes with a fixed number of threads (torch's encoder, set around each batch, and the BLAS
+product, capped process-wide through threadpoolctl from :meth:`SearchEngine.start` to
+:meth:`SearchEngine.stop`): every usable core but one by default, one on a 2-core machine. The remaining
+core belongs to the event loop, which parses requests, decodes uploads and writes JSON meanwhile;
+multi-threaded encoders and BLAS products that have to share their cores with it (and with anything else
+on the machine) spend more time waiting for each other at their barriers than computing (the encoder on
+a batch of 17 uploads: 9 ms on one thread, 20-280 ms on two contended ones here).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +29,32 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LookalikeError
+from ..models import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..search import Hit, Index
     from .telemetry import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """Compute threads for the search worker: the usable cores but one (for the event loop), at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def limit_blas_threads(n: int) -> Any:
+    """Cap the BLAS libraries loaded (numpy's OpenBLAS) at ``n`` threads, process-wide, until the returned
+    handle's ``restore_original_limits()``; None without threadpoolctl (scikit-learn brings it)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover
+        return None
+    return ThreadpoolController().limit(limits=n, user_api="blas")
 
 
 @dataclass
@@ -41,12 +70,22 @@ class SearchEngine:
     """Runs searches on one worker thread, batching the queries that wait.
 
     Call :meth:`start` inside the running event loop (the app's lifespan) and :meth:`stop` at shutdown.
+
+    Args:
+        index: the loaded index.
+        max_batch: the most queries answered by one call of the index.
+        metrics: where batch sizes are recorded, if anywhere.
+        threads: compute threads of the worker (torch and BLAS); None for :func:`default_threads`.
     """
 
-    def __init__(self, index: Index, *, max_batch: int = 32, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, index: Index, *, max_batch: int = 32, metrics: Metrics | None = None, threads: int | None = None
+    ) -> None:
         self.index = index
         self.max_batch = max_batch
         self.metrics = metrics
+        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self._blas_limit: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-search")
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
@@ -55,6 +94,7 @@ class SearchEngine:
     # ---------------------------------------------------------------------------------- lifecycle
     async def start(self, warm_up: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        self._blas_limit = await loop.run_in_executor(self._executor, limit_blas_threads, self.threads)
         if warm_up:
             await loop.run_in_executor(self._executor, self._warm_up)
         self._queue = asyncio.Queue()
@@ -72,6 +112,9 @@ class SearchEngine:
                 if not job.future.done():
                     job.future.set_exception(LookalikeError("the server is shutting down"))
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
 
     def _warm_up(self) -> None:
         """One image search and one id search, so one-time set-up (tracing, the float16 copy of the
@@ -84,9 +127,10 @@ class SearchEngine:
         shape = (prep.image_size, prep.image_size, 3) if prep.channels == 3 else (prep.image_size, prep.image_size)
         blank = Image.fromarray(np.full(shape, 128, np.uint8))
         first = next(iter(self.index.entries))
-        self.index.search(blank, k=10)
-        self.index.search(first, k=10)
-        self.index.search_batch([first, first], k=10)
+        with torch_threads(self.threads):
+            self.index.search(blank, k=10)
+            self.index.search(first, k=10)
+            self.index.search_batch([first, first], k=10)
         logger.info("warmed up in %.2f s", time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------------- search
@@ -129,6 +173,10 @@ class SearchEngine:
 
     def _answer(self, jobs: Sequence[_Job]) -> list[Any]:
         """On the worker thread: the hits (or the error) of each job, batched by metric and exclusion."""
+        with torch_threads(self.threads):
+            return self._answer_groups(jobs)
+
+    def _answer_groups(self, jobs: Sequence[_Job]) -> list[Any]:
         out: list[Any] = [None] * len(jobs)
         groups: dict[tuple[str, bool], list[int]] = {}
         for i, job in enumerate(jobs):
