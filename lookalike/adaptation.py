@@ -136,6 +136,17 @@ def adapt(
     )
 
 
+FIT_SAMPLE = 20_000  # `index -e NAME+adapted` fits on at most this many images of the folder (seeded sample)
+
+
+def sample_paths(paths: Sequence[Any], n: int = FIT_SAMPLE, seed: int = 0) -> list[Any]:
+    """At most ``n`` of ``paths`` (a seeded sample, in their order): what a head is fitted on when indexing."""
+    if len(paths) <= n:
+        return list(paths)
+    keep = np.sort(np.random.default_rng(seed).choice(len(paths), n, replace=False))
+    return [paths[i] for i in keep.tolist()]
+
+
 def _l2(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 

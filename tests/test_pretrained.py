@@ -213,3 +213,17 @@ def test_cli_extractor_errors(class_folder: Path, tmp_path: Path) -> None:
     r = run_cli("index", class_folder, "-o", tmp_path / "d", "-e", "pixels@abc")
     assert r.exit_code == 1 and "whole number" in one_error_line(r)
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_cli_index_with_an_adapted_extractor(class_folder: Path, tmp_path: Path, random_lite0_weights) -> None:
+    out = tmp_path / "idx"
+    r = run_cli(
+        "index", class_folder, "-o", out, "-e", "efficientnet-lite0@32+adapted", "--weights", random_lite0_weights
+    )
+    assert r.exit_code == 0, r.output
+    assert "fitting efficientnet-lite0's adapted head on 24 images" in " ".join(r.output.split())
+    idx = Index.load(out)
+    assert idx.manifest["model"]["extractor"] == "efficientnet-lite0+adapted"
+    assert idx.model.embedding_dim == 128 and idx.model.info["adaptation"]["images"] == 24
+    hits = idx.search(next(class_folder.glob("cool/*")), k=3)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
