@@ -2,14 +2,21 @@
 
 One row per indexed image: id, path relative to the indexed root (POSIX separators), size in bytes,
 modification time in nanoseconds, sha256 of the content, and an optional label (the parent folder's
-name relative to the root). These are what make incremental updates and copy detection safe later on.
+name relative to the root). These are what make incremental updates and copy detection safe.
+
+In an index folder of format 2 the catalog is also the source of truth for the vectors: each image row
+says where its vector is (``shard``, ``row``: a row of ``vectors-<shard>.npy``), the ``shards`` table lists
+the shard files that were completely written, ``skipped`` remembers unreadable files (with the size and
+mtime they had, so an unchanged one is not read again) and ``meta`` holds counters (``next_id``,
+``next_shard``). A shard file is renamed into place before the transaction that adds its rows commits, so
+every committed row points at a complete file; :meth:`Catalog.apply` makes each change one transaction.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +33,56 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
 """
+
+# Format 2 of the index folder: where each vector lives, the committed shard files, unreadable files, counters.
+STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id       INTEGER PRIMARY KEY,
+    path     TEXT    NOT NULL UNIQUE,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256   TEXT    NOT NULL,
+    label    TEXT,
+    shard    INTEGER,
+    row      INTEGER
+);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images (sha256);
+CREATE INDEX IF NOT EXISTS images_shard ON images (shard);
+CREATE TABLE IF NOT EXISTS shards (
+    shard INTEGER PRIMARY KEY,
+    rows  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    path     TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    reason   TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+_CHUNK = 500  # parameters per IN (...) query, well under SQLite's limit
+
+
+@dataclass(frozen=True)
+class Located:
+    """An image row with the place of its vector: ``vectors-<shard>.npy``, row ``row``."""
+
+    entry: CatalogEntry
+    shard: int
+    row: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An unreadable file, as it was when it was tried."""
+
+    path: str  # relative to the index root
+    size: int
+    mtime_ns: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -73,9 +130,14 @@ class Catalog:
         path = Path(path)
         if not path.is_file():
             raise LookalikeError(f"{path}: catalog not found")
+        # A read-only connection cannot roll back the journal a killed writer left behind ("hot journal"):
+        # when one is there and the folder is writable, read through a read-write connection.
+        journal = path.with_name(path.name + "-journal")
+        if readonly and journal.exists() and os.access(path.parent, os.W_OK) and os.access(path, os.W_OK):
+            readonly = False
         uri = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rw'}"
         try:
-            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30.0)
             db.execute("SELECT id, path, size, mtime_ns, sha256, label FROM images LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             raise LookalikeError(f"{path}: unreadable catalog ({exc})") from None
@@ -118,3 +180,164 @@ class Catalog:
         """The id of a relative path, or None."""
         row = self._db.execute("SELECT id FROM images WHERE path = ?", (relative_path,)).fetchone()
         return int(row[0]) if row else None
+
+    # ----------------------------------------------------------------- the index folder's store (format 2)
+    @classmethod
+    def create_store(cls, path: str | os.PathLike[str]) -> Catalog:
+        """Create an empty catalog with the tables of an index folder of format 2."""
+        path = Path(path)
+        if path.exists():
+            raise LookalikeError(f"{path}: catalog already exists")
+        try:
+            db = sqlite3.connect(path, timeout=30.0)
+            db.executescript(STORE_SCHEMA)
+            db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [("next_id", 0), ("next_shard", 0)])
+            db.commit()
+        except sqlite3.Error as exc:
+            raise LookalikeError(f"{path}: cannot create the catalog ({exc})") from None
+        return cls(db, path)
+
+    def _fail(self, what: str, exc: sqlite3.Error) -> LookalikeError:
+        return LookalikeError(f"{self.path}: cannot {what} ({exc})")
+
+    def snapshot(self) -> tuple[list[Located], dict[int, int], list[SkippedFile], dict[str, int]]:
+        """Every located row (by id), the committed shards (number -> rows), skipped files and counters,
+        read in one transaction, so they agree even while a writer commits."""
+        try:
+            self._db.execute("BEGIN")
+            try:
+                rows = self._db.execute(
+                    "SELECT id, path, size, mtime_ns, sha256, label, shard, row FROM images ORDER BY id"
+                ).fetchall()
+                shards = dict(self._db.execute("SELECT shard, rows FROM shards").fetchall())
+                skipped = self.skipped()
+                meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            finally:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._fail("read the catalog", exc) from None
+        return [Located(CatalogEntry(*r[:6]), r[6], r[7]) for r in rows], shards, skipped, meta
+
+    def file_states(self) -> dict[str, tuple[int, int, int]]:
+        """Relative path -> (id, size, mtime_ns) of every image: what change detection compares."""
+        rows = self._db.execute("SELECT path, id, size, mtime_ns FROM images")
+        return {path: (id_, size, mtime) for path, id_, size, mtime in rows}
+
+    def skipped(self) -> list[SkippedFile]:
+        """The files recorded as unreadable, by path."""
+        return [
+            SkippedFile(*r) for r in self._db.execute("SELECT path, size, mtime_ns, reason FROM skipped ORDER BY path")
+        ]
+
+    def skipped_states(self) -> dict[str, tuple[int, int]]:
+        """Relative path -> (size, mtime_ns) of every file recorded as unreadable."""
+        return {p: (size, mtime) for p, size, mtime in self._db.execute("SELECT path, size, mtime_ns FROM skipped")}
+
+    def located(self, ids: Sequence[int]) -> dict[int, Located]:
+        """The rows of the given ids (missing ids are left out)."""
+        out: dict[int, Located] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), _CHUNK):
+            part = ids[start : start + _CHUNK]
+            rows = self._db.execute(
+                "SELECT id, path, size, mtime_ns, sha256, label, shard, row FROM images "
+                f"WHERE id IN ({','.join('?' * len(part))})",
+                part,
+            )
+            for r in rows:
+                out[r[0]] = Located(CatalogEntry(*r[:6]), r[6], r[7])
+        return out
+
+    def ids_with_sha256(self, sha256: str) -> list[int]:
+        """Ids of the images with this content hash."""
+        return [r[0] for r in self._db.execute("SELECT id FROM images WHERE sha256 = ? ORDER BY id", (sha256,))]
+
+    def ids_under(self, relative: str) -> list[int]:
+        """Ids of the image at ``relative`` and of every image below it (``relative`` as a folder; "" is all)."""
+        if not relative:
+            return [r[0] for r in self._db.execute("SELECT id FROM images")]
+        prefix = relative.rstrip("/") + "/"
+        rows = self._db.execute(
+            "SELECT id FROM images WHERE path = ? OR substr(path, 1, ?) = ?", (relative, len(prefix), prefix)
+        )
+        return [r[0] for r in rows]
+
+    def shard_rows(self) -> dict[int, int]:
+        """Committed shards: number -> rows stored in the file."""
+        return dict(self._db.execute("SELECT shard, rows FROM shards").fetchall())
+
+    def live_rows(self) -> dict[int, int]:
+        """Shard number -> how many of its rows the catalog still uses."""
+        return dict(self._db.execute("SELECT shard, COUNT(*) FROM images WHERE shard IS NOT NULL GROUP BY shard"))
+
+    def rows_in_shards(self, shards: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(id, shard, row) of the images whose vectors are in these shards, by shard then row."""
+        out: list[tuple[int, int, int]] = []
+        shards = [int(s) for s in shards]
+        for start in range(0, len(shards), _CHUNK):
+            part = shards[start : start + _CHUNK]
+            out.extend(
+                self._db.execute(
+                    f"SELECT id, shard, row FROM images WHERE shard IN ({','.join('?' * len(part))})", part
+                ).fetchall()
+            )
+        out.sort(key=lambda r: (r[1], r[2]))
+        return out
+
+    def meta(self) -> dict[str, int]:
+        """The counters (``next_id``, ``next_shard``)."""
+        return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def apply(
+        self,
+        *,
+        delete_ids: Iterable[int] = (),
+        put: Iterable[Located] = (),
+        relocate: Iterable[tuple[int, int, int]] = (),
+        add_shard: tuple[int, int] | None = None,
+        drop_shards: Iterable[int] = (),
+        skip: Iterable[SkippedFile] = (),
+        unskip: Iterable[str] = (),
+        meta: dict[str, int] | None = None,
+    ) -> None:
+        """Apply one change to the store in one transaction (all of it, or nothing).
+
+        Args:
+            delete_ids: images to remove.
+            put: rows to write in full (an existing id is replaced: its path, metadata or vector moved).
+                Their old rows are deleted first, so paths may swap between rows within one change.
+            relocate: ``(id, shard, row)``: a vector copied to another place (compaction).
+            add_shard: ``(shard, rows)`` of a shard file just renamed into place.
+            drop_shards: shards no row uses any more (their files are deleted after the commit).
+            skip: unreadable files to record (replacing an earlier record of the same path).
+            unskip: paths no longer unreadable (indexed now, or gone).
+            meta: counters to set.
+
+        Raises:
+            LookalikeError: the change breaks a constraint (two rows with one path) or cannot be written.
+        """
+        put = list(put)
+        try:
+            with self._db:
+                if add_shard is not None:
+                    self._db.execute("INSERT INTO shards (shard, rows) VALUES (?, ?)", add_shard)
+                self._db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in delete_ids])
+                self._db.executemany("DELETE FROM images WHERE id = ?", [(p.entry.id,) for p in put])
+                self._db.executemany(
+                    "INSERT INTO images (id, path, size, mtime_ns, sha256, label, shard, row) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(p.entry.id, p.entry.path, p.entry.size, p.entry.mtime_ns, p.entry.sha256, p.entry.label,
+                      p.shard, p.row) for p in put],
+                )  # fmt: skip
+                self._db.executemany("UPDATE images SET shard = ?, row = ? WHERE id = ?",
+                                     [(s, r, i) for i, s, r in relocate])  # fmt: skip
+                self._db.executemany("DELETE FROM shards WHERE shard = ?", [(int(s),) for s in drop_shards])
+                self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in unskip])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
+                    [(s.path, s.size, s.mtime_ns, s.reason) for s in skip],
+                )
+                if meta:
+                    self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+        except sqlite3.Error as exc:
+            raise self._fail("update the catalog", exc) from None

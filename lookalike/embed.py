@@ -2,6 +2,8 @@
 
 Files are decoded by DataLoader workers while the main process runs the encoder under
 ``torch.inference_mode`` on batches; unreadable files are dropped and reported, never abort the run.
+:func:`iter_embedded` yields batch by batch (indexing writes them out in shards as they come);
+:func:`embed_files` collects everything.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,45 @@ class EmbedResult:
     seconds: float = 0.0  # wall-clock time of the whole run
 
 
+@dataclass
+class EmbeddedBatch:
+    """One batch of :func:`iter_embedded`: the readable files' vectors and the unreadable files."""
+
+    positions: list[int]  # positions in the input list of the files in ``vectors``
+    vectors: np.ndarray  # raw float32 embeddings (len(positions), d)
+    digests: list[str]  # sha256 of each of those files' bytes
+    failures: list[tuple[int, str]]  # (position, reason) of files that could not be read
+
+
+def iter_embedded(
+    model: Model,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    batch_size: int = 256,
+    num_workers: int = 1,
+    callbacks: Sequence[Any] = (),
+) -> Iterator[EmbeddedBatch]:
+    """Embed image files batch by batch, in input order: only one batch of pixels and vectors at a time.
+
+    Args and callbacks as :func:`embed_files`.
+    """
+    loader = image_loader(paths, model.preprocessing, batch_size=batch_size, num_workers=num_workers, with_hash=True)
+    # Decoding workers get cores of their own: the encoder takes what is left, so the two don't fight.
+    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - loader.num_workers))
+    done = 0
+    with torch_threads(threads):
+        for batch in loader:
+            if batch.indices:
+                vectors = model.embed_pixels(batch.pixels, batch_size=batch_size)
+            else:
+                vectors = np.empty((0, model.embedding_dim), dtype=np.float32)
+            for i, reason in batch.failures:
+                emit(callbacks, "on_skip", Path(paths[i]), reason)
+            done += len(batch.indices) + len(batch.failures)
+            yield EmbeddedBatch(list(batch.indices), vectors, [d or "" for d in batch.digests], list(batch.failures))
+            emit(callbacks, "on_embed", done, len(paths))
+
+
 def embed_files(
     model: Model,
     paths: Sequence[str | os.PathLike[str]],
@@ -43,7 +84,7 @@ def embed_files(
     num_workers: int = 1,
     callbacks: Sequence[Any] = (),
 ) -> EmbedResult:
-    """Embed image files with ``model``.
+    """Embed image files with ``model``, keeping every vector in memory (see :func:`iter_embedded` to stream).
 
     Args:
         model: the model whose encoder (and preprocessing) to use.
@@ -61,22 +102,12 @@ def embed_files(
     positions: list[int] = []
     digests: list[str] = []
     failures: list[tuple[Path, str]] = []
-    loader = image_loader(paths, model.preprocessing, batch_size=batch_size, num_workers=num_workers, with_hash=True)
-    # Decoding workers get cores of their own: the encoder takes what is left, so the two don't fight.
-    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - loader.num_workers))
-    done = 0
-    with torch_threads(threads):
-        for batch in loader:
-            if batch.indices:
-                m = len(positions)
-                vectors[m : m + len(batch.indices)] = model.embed_pixels(batch.pixels, batch_size=batch_size)
-                positions.extend(batch.indices)
-                digests.extend(d or "" for d in batch.digests)
-            for i, reason in batch.failures:
-                failures.append((paths[i], reason))
-                emit(callbacks, "on_skip", paths[i], reason)
-            done += len(batch.indices) + len(batch.failures)
-            emit(callbacks, "on_embed", done, len(paths))
+    for batch in iter_embedded(model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks):
+        m = len(positions)
+        vectors[m : m + len(batch.positions)] = batch.vectors
+        positions.extend(batch.positions)
+        digests.extend(batch.digests)
+        failures.extend((paths[i], reason) for i, reason in batch.failures)
     return EmbedResult(
         vectors[: len(positions)], np.asarray(positions, dtype=np.int64), digests, failures, time.perf_counter() - t0
     )

@@ -6,10 +6,13 @@
     >>> for hit in index.search("query.jpg", k=5):             # doctest: +SKIP
     ...     print(hit.rank, f"{hit.score:.3f}", hit.path)
 
-An index directory holds ``manifest.json`` (format, the model's fingerprint, the root folder, counts),
-``vectors.npy``/``norms.npy``/``ids.npy``, ``catalog.sqlite`` and a copy of the model in ``model/`` so
-it is self-contained. It is written into a temporary sibling folder and renamed into place, so a failed
-or interrupted build never damages an index that was already there.
+An index directory (format 2, see :mod:`lookalike.store`) holds ``manifest.json`` (format, the model's
+fingerprint, the root folder), ``catalog.sqlite`` (the source of truth: one row per image with the place of
+its vector), append-only ``vectors-NNNNN.npy`` shards and a copy of the model in ``model/`` so it is
+self-contained. Building into an existing index of the same folder and model updates it in place
+(:mod:`lookalike.updates`): only new or changed files are embedded, moved files are recognised by their
+content hash, and every step is committed so that a killed run loses at most one shard of work.
+Version-1 indexes (one ``vectors.npy``) still load and are rebuilt by the next ``build``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from ._callbacks import emit
 from ._fs import make_temp_dir
 from ._version import __version__
-from .catalog import Catalog, CatalogEntry, label_for
+from .catalog import Catalog, CatalogEntry, SkippedFile, label_for
 from .data import find_images, is_image_file, thumbnail
 from .embed import embed_files
 from .errors import LookalikeError
@@ -39,14 +42,24 @@ from .metrics import DEFAULT_KS, EvaluationResult, check_options, evaluate_vecto
 from .models import Model
 from .models.model import ImageLike
 from .serialization import atomic_write_json, read_json
+from .store import (
+    CATALOG_NAME,
+    DEFAULT_SHARD_SIZE,
+    INDEX_FORMAT,
+    INDEX_FORMAT_VERSION,
+    MANIFEST_NAME,
+    MODEL_SUBDIR,
+    StoreWriter,
+    create_store,
+    init_store,
+    read_vectors,
+    replace_dir,
+)
+from .updates import UpdateSummary, candidate_relatives, scan_folder, states_of_paths, synchronize
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = "lookalike-index"
-INDEX_FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-CATALOG_NAME = "catalog.sqlite"
-MODEL_SUBDIR = "model"
+OLD_FORMAT_VERSIONS = (1,)  # loaded (vectors.npy + catalog) but not updated in place: the next build rebuilds them
 
 Query = ImageLike | int
 SMALL_QUERY_BATCH = 8  # up to this many queries count as "a few" for the thread plan in search_batch
@@ -74,19 +87,7 @@ def is_index_dir(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder into place, replacing an old index only after success."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            os.replace(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+_replace_dir = replace_dir  # the old name
 
 
 def check_index_target(out_dir: Path) -> None:
@@ -187,6 +188,186 @@ def _model_from(model: str | os.PathLike[str]) -> Model:
     return Model.load(model)
 
 
+def _new_manifest(model: Model, root: Path) -> dict[str, Any]:
+    """The manifest of a new index of ``root`` made with ``model`` (at its current precision)."""
+    return {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_FORMAT_VERSION,
+        "lookalike_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "root": str(root),
+        "count": 0,
+        "skipped": [],
+        "backend": "exact",
+        "precision": model.precision,
+        "model": {
+            "extractor": model.extractor,
+            "fingerprint": model.fingerprint,
+            "preset": model.preset,
+            "architecture": model.architecture,
+            "embedding_dim": model.embedding_dim,
+            "preprocessing": model.preprocessing.to_dict(),
+        },
+    }
+
+
+def _skipped_row(root: Path, record: dict[str, Any]) -> SkippedFile | None:
+    """A manifest's skipped-file record as a catalog row (None when it is outside the root or gone)."""
+    try:
+        p = Path(record["path"])
+        st = p.stat()
+        return SkippedFile(p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, str(record["reason"]))
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+def _same_model(directory: Path, manifest: dict[str, Any], model: Model) -> None:
+    """Refuse to mix models in one index: same weights, embedding size and preprocessing."""
+    built = manifest.get("model", {})
+    if (
+        built.get("fingerprint") != model.fingerprint
+        or built.get("embedding_dim") != model.embedding_dim
+        or built.get("preprocessing") != model.preprocessing.to_dict()
+    ):
+        size = (built.get("preprocessing") or {}).get("image_size", "?")
+        raise LookalikeError(
+            f"{directory}: index was built with {built.get('extractor', '?')} model "
+            f"{str(built.get('fingerprint'))[:12]} ({built.get('embedding_dim')}-d, {size} px), not with "
+            f"{model.extractor} model {model.fingerprint[:12]} ({model.embedding_dim}-d, "
+            f"{model.preprocessing.image_size} px); write to another index directory (-o) or start over (--rebuild)"
+        )
+
+
+def _update_dir(
+    directory: Path,
+    model: Model,
+    root: Path,
+    states: Sequence[tuple[str, int, int]],
+    *,
+    full: bool,
+    remove: Sequence[str] = (),
+    batch_size: int = 256,
+    num_workers: int = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    callbacks: Sequence[Any] = (),
+) -> UpdateSummary:
+    """Synchronise the index folder ``directory`` (format 2) and rewrite its manifest."""
+    manifest = read_json(directory / MANIFEST_NAME, "index manifest")
+    with StoreWriter(directory, model.embedding_dim) as writer:
+        if manifest.get("complete", True) or manifest.get("root") != str(root):
+            # Mark the run as under way: an interrupted one is reported by Index.load.
+            manifest.update(root=str(root), complete=False)
+            atomic_write_json(directory / MANIFEST_NAME, manifest)
+        summary = synchronize(
+            writer, model, root, states, full=full, remove=remove, batch_size=batch_size,
+            num_workers=num_workers, shard_size=shard_size, callbacks=callbacks,
+        )  # fmt: skip
+        summary.count = len(writer.catalog)
+        manifest.update(
+            lookalike_version=__version__,
+            updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            count=summary.count,
+            skipped=[{"path": str(root / s.path), "reason": s.reason} for s in writer.catalog.skipped()],
+            embed_seconds=round(summary.seconds, 3),
+            complete=True,
+        )
+        atomic_write_json(directory / MANIFEST_NAME, manifest)
+    logger.info("%s: %s", directory, summary.describe())
+    return summary
+
+
+def update_index(
+    folder: str | os.PathLike[str],
+    model: Model | str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    rebuild: bool = False,
+    batch_size: int = 256,
+    num_workers: int = 1,
+    precision: str = "auto",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    callbacks: Sequence[Any] = (),
+) -> UpdateSummary:
+    """Write or update the index of ``folder`` in ``out_dir`` without loading its vectors (what the CLI runs).
+
+    * ``out_dir`` holds an index (format 2) of ``folder`` and ``rebuild`` is false: it is updated in place.
+      ``model`` None means the index's own; another model is refused.
+    * ``out_dir`` does not exist (or is empty): an empty index is created there (atomically) and filled
+      shard by shard, so an interrupted run is resumed by running it again.
+    * ``rebuild``, an index of another folder, or of format 1: a new index is written beside it and
+      renamed into place when complete; a failure leaves the old one untouched.
+
+    Args and errors as :meth:`Index.build`.
+    """
+    out = Path(out_dir).expanduser()
+    check_index_target(out)
+    states = scan_folder(Path(folder).expanduser())  # a missing or empty folder fails before any work
+    root = Path(folder).expanduser().resolve()
+    manifest = read_json(out / MANIFEST_NAME, "index manifest") if is_index_dir(out) else None
+    version = manifest.get("format_version") if manifest is not None else None
+    if manifest is not None and version not in (INDEX_FORMAT_VERSION, *OLD_FORMAT_VERSIONS):
+        raise LookalikeError(
+            f"{out / MANIFEST_NAME}: index format {version!r} written by lookalike "
+            f"{manifest.get('lookalike_version', '?')}; use another -o, or --rebuild to replace it"
+        )
+    update = manifest is not None and not rebuild and version == INDEX_FORMAT_VERSION and manifest["root"] == str(root)
+    if model is None and manifest is not None:
+        model = Model.load(out / MODEL_SUBDIR)  # the index's own (also to rebuild it)
+    elif model is None:
+        from .training import train
+
+        model = train(folder, callbacks=callbacks)
+    elif not isinstance(model, Model):
+        model = _model_from(model)
+    if update:
+        assert manifest is not None
+        _same_model(out, manifest, model)
+        if precision == "auto":
+            model.set_precision(manifest.get("precision", "fp32"))
+        elif model.set_precision(precision).precision != manifest.get("precision", "fp32"):
+            raise LookalikeError(
+                f"{out}: index was built with {manifest.get('precision')} embeddings, not {model.precision}; "
+                "write to another index directory (-o) or start over (--rebuild)"
+            )
+        return _update_dir(out, model, root, states, full=True, batch_size=batch_size, num_workers=num_workers,
+                           shard_size=shard_size, callbacks=callbacks)  # fmt: skip
+    model.set_precision(precision)
+    fresh = manifest is None
+    if manifest is not None:
+        why = "--rebuild" if rebuild else ("format 1" if version != INDEX_FORMAT_VERSION else "another folder")
+        logger.info("%s: writing a new index (%s); the old one stays until it is complete", out, why)
+    target = out if fresh else make_temp_dir(out)
+    try:
+        if fresh:
+            create_store(out, model, _new_manifest(model, root))
+        else:
+            init_store(target, model, _new_manifest(model, root))
+        summary = _update_dir(target, model, root, states, full=True, batch_size=batch_size,
+                              num_workers=num_workers, shard_size=shard_size, callbacks=callbacks)  # fmt: skip
+        if summary.count == 0:
+            raise LookalikeError(f"{root}: none of the {len(states)} image files could be read")
+        if not fresh:
+            replace_dir(target, out)
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if not fresh or (not interrupted and _is_empty_index(out)):
+            shutil.rmtree(target, ignore_errors=True)  # keeps a partial fresh index: a re-run resumes it
+        raise
+    summary.rebuilt = True
+    return summary
+
+
+def _is_empty_index(directory: Path) -> bool:
+    try:
+        catalog = Catalog.open(directory / CATALOG_NAME)
+    except LookalikeError:
+        return False
+    try:
+        return len(catalog) == 0
+    finally:
+        catalog.close()
+
+
 class Index:
     """A searchable index of a folder of images.
 
@@ -209,6 +390,7 @@ class Index:
         self.root = root
         self.manifest = manifest
         self.directory = directory
+        self.last_update: UpdateSummary | None = None  # what the build/update/add/remove that made it did
 
     # ------------------------------------------------------------------------------------------ build
     @classmethod
@@ -218,31 +400,52 @@ class Index:
         model: Model | str | os.PathLike[str] | None = None,
         out_dir: str | os.PathLike[str] | None = None,
         *,
+        rebuild: bool = False,
         batch_size: int = 256,
         num_workers: int = 1,
         precision: str = "auto",
+        shard_size: int = DEFAULT_SHARD_SIZE,
         callbacks: Sequence[Any] = (),
     ) -> Index:
-        """Embed every image under ``folder`` and (optionally) write the index to ``out_dir``.
+        """Index every image under ``folder``; with ``out_dir``, write the index there or bring it up to date.
+
+        When ``out_dir`` already holds an index of ``folder`` made with the same model, only what changed
+        is done (see :func:`update_index`): new and changed files are embedded, deleted ones removed,
+        moved ones recognised by content hash. Otherwise the index is written from scratch, shard by shard
+        as images are embedded, so an interrupted build resumes where it stopped when run again.
 
         Args:
             folder: the images, found recursively.
             model: a :class:`Model`, a model directory, the name of a pretrained extractor (for example
-                ``"efficientnet-lite0"``, at its default input size), or None to train the default model first.
-            out_dir: where to write the index; None keeps it in memory.
+                ``"efficientnet-lite0"``, at its default input size), or None: the existing index's own
+                model, or the default model trained on ``folder`` first.
+            out_dir: where the index lives; None keeps it in memory.
+            rebuild: start over even when ``out_dir`` holds an index of this folder (the old one is
+                replaced only once the new one is complete).
             batch_size: images per forward pass.
             num_workers: DataLoader processes decoding images.
             precision: encoder precision, ``fp32``, ``bf16`` or ``auto`` (bf16 on CPUs that compute it
-                natively); recorded in the manifest so queries are encoded the same way.
+                natively; for an existing index, the precision it was built with); recorded in the
+                manifest so queries are encoded the same way.
+            shard_size: vectors per shard file (and per commit).
             callbacks: objects with optional ``on_embed(done, total)`` and ``on_skip(path, reason)``
                 (and the training callbacks when a model is trained first).
 
+        Returns:
+            The index, loaded; ``last_update`` says what was done.
+
         Raises:
-            LookalikeError: no images, none readable, or ``out_dir`` exists and is not an index.
+            LookalikeError: no images, none readable, ``out_dir`` exists and is not an index, or it is an
+                index of this folder made with another model (use another ``out_dir`` or ``rebuild``).
         """
-        out = Path(out_dir).expanduser() if out_dir is not None else None
-        if out is not None:
-            check_index_target(out)
+        if out_dir is not None:
+            summary = update_index(
+                folder, model, out_dir, rebuild=rebuild, batch_size=batch_size, num_workers=num_workers,
+                precision=precision, shard_size=shard_size, callbacks=callbacks,
+            )  # fmt: skip
+            index = cls.load(out_dir, model=model if isinstance(model, Model) else None)
+            index.last_update = summary
+            return index
         paths = find_images(folder)
         root = Path(folder).expanduser().resolve()
         if model is None:
@@ -263,44 +466,36 @@ class Index:
             entries.append(CatalogEntry(new_id, rel, st.st_size, st.st_mtime_ns, digest, label_for(rel)))
         vectors = ExactIndex(model.embedding_dim)
         vectors.add(result.vectors, np.arange(len(entries)))
-        manifest = {
-            "format": INDEX_FORMAT,
-            "format_version": INDEX_FORMAT_VERSION,
-            "lookalike_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "root": str(root),
-            "count": len(entries),
-            "skipped": [{"path": str(p), "reason": r} for p, r in result.failures],
-            "embed_seconds": round(result.seconds, 3),
-            "backend": "exact",
-            "precision": model.precision,
-            "model": {
-                "extractor": model.extractor,
-                "fingerprint": model.fingerprint,
-                "preset": model.preset,
-                "architecture": model.architecture,
-                "embedding_dim": model.embedding_dim,
-                "preprocessing": model.preprocessing.to_dict(),
-            },
-        }
+        manifest = _new_manifest(model, root)
+        manifest.update(
+            count=len(entries),
+            skipped=[{"path": str(p), "reason": r} for p, r in result.failures],
+            embed_seconds=round(result.seconds, 3),
+        )
         index = cls(model, vectors, entries, root, manifest)
-        if out is not None:
-            index.save(out)
+        index.last_update = UpdateSummary(
+            added=len(entries), skipped=len(result.failures), embedded=len(entries), count=len(entries),
+            rebuilt=True, seconds=result.seconds,
+        )  # fmt: skip
         return index
 
-    def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write the index folder atomically (temporary sibling folder, then rename)."""
+    def save(self, out_dir: str | os.PathLike[str], *, shard_size: int = DEFAULT_SHARD_SIZE) -> Path:
+        """Write the index as a new folder (format 2), atomically: assembled beside ``out_dir``, renamed in."""
         out = Path(out_dir).expanduser()
         check_index_target(out)
         tmp = make_temp_dir(out)
         try:
-            self.model.save(tmp / MODEL_SUBDIR)
-            self.vectors.save(tmp)
-            catalog = Catalog.create(tmp / CATALOG_NAME)
-            catalog.add(self.entries.values())
-            catalog.close()
-            atomic_write_json(tmp / MANIFEST_NAME, self.manifest)
-            _replace_dir(tmp, out)
+            manifest = {**self.manifest, "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION}
+            init_store(tmp, self.model, manifest)
+            ids = np.sort(self.vectors.ids)
+            with StoreWriter(tmp, self.vectors.dim) as writer:
+                for start in range(0, len(ids), shard_size):
+                    part = ids[start : start + shard_size]
+                    writer.commit(vectors=self.vectors.reconstruct(part), entries=[self.entries[int(i)] for i in part])
+                writer.next_id = int(ids[-1]) + 1 if len(ids) else 0
+                skipped = [_skipped_row(self.root, s) for s in self.manifest.get("skipped", [])]
+                writer.commit(skip=[s for s in skipped if s is not None])
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -310,7 +505,7 @@ class Index:
     # ------------------------------------------------------------------------------------------- load
     @classmethod
     def load(cls, directory: str | os.PathLike[str], model: Model | str | os.PathLike[str] | None = None) -> Index:
-        """Open a saved index.
+        """Open a saved index (format 2, or an older version-1 folder).
 
         Args:
             directory: the index folder.
@@ -318,7 +513,8 @@ class Index:
                 must be the model the index was built with.
 
         Raises:
-            LookalikeError: not an index, another format version, or a different model.
+            LookalikeError: not an index, another format version, a different model, or a catalog and
+                vectors that disagree.
         """
         directory = Path(directory).expanduser()
         if not directory.is_dir():
@@ -326,9 +522,12 @@ class Index:
         if not is_index_dir(directory):
             raise LookalikeError(f"{directory}: not a lookalike index (no {MANIFEST_NAME})")
         manifest = read_json(directory / MANIFEST_NAME, "index manifest")
-        if manifest.get("format") != INDEX_FORMAT or manifest.get("format_version") != INDEX_FORMAT_VERSION:
+        version = manifest.get("format_version")
+        if manifest.get("format") != INDEX_FORMAT or (
+            version != INDEX_FORMAT_VERSION and version not in OLD_FORMAT_VERSIONS
+        ):
             raise LookalikeError(
-                f"{directory / MANIFEST_NAME}: index format {manifest.get('format_version')!r} written by "
+                f"{directory / MANIFEST_NAME}: index format {version!r} written by "
                 f"lookalike {manifest.get('lookalike_version', '?')}; lookalike {__version__} reads format "
                 f"{INDEX_FORMAT_VERSION} (rebuild the index)"
             )
@@ -344,17 +543,123 @@ class Index:
                 f"{model.fingerprint[:12]} ({model.preset}); rebuild the index with that model"
             )
         model.set_precision(manifest.get("precision", "fp32"))
-        vectors = ExactIndex.load(directory)
+        if version == INDEX_FORMAT_VERSION:
+            entries, vectors, skipped = read_vectors(directory, model.embedding_dim)
+            root = Path(manifest["root"])
+            manifest["count"] = len(entries)  # the catalog's truth, also after an interrupted run
+            manifest["skipped"] = [{"path": str(root / s.path), "reason": s.reason} for s in skipped]
+            if manifest.get("complete") is False:
+                logger.warning("%s: an indexing run was interrupted; run lookalike index again to finish", directory)
+        else:
+            vectors = ExactIndex.load(directory)
+            catalog = Catalog.open(directory / CATALOG_NAME)
+            entries = catalog.entries()
+            catalog.close()
         if vectors.dim != model.embedding_dim:
             raise LookalikeError(
                 f"{directory}: vectors are {vectors.dim}-d but the model gives {model.embedding_dim}-d"
             )
-        catalog = Catalog.open(directory / CATALOG_NAME)
-        entries = catalog.entries()
-        catalog.close()
         if len(entries) != len(vectors):
             raise LookalikeError(f"{directory}: catalog has {len(entries)} images but there are {len(vectors)} vectors")
         return cls(model, vectors, entries, Path(manifest["root"]), manifest, directory)
+
+    # ---------------------------------------------------------------------------------------- update
+    def _writable_dir(self) -> Path:
+        if self.directory is None:
+            raise LookalikeError("this index lives in memory only; save() it to a folder before updating it")
+        if self.manifest.get("format_version") != INDEX_FORMAT_VERSION:
+            raise LookalikeError(
+                f"{self.directory}: index format {self.manifest.get('format_version')!r} cannot be updated in "
+                f"place; rebuild it (lookalike index FOLDER -o {self.directory} --rebuild)"
+            )
+        return self.directory
+
+    def _refresh(self, summary: UpdateSummary) -> UpdateSummary:
+        fresh = Index.load(self.directory, model=self.model)
+        self.vectors, self.entries, self._by_path = fresh.vectors, fresh.entries, fresh._by_path
+        self.root, self.manifest, self.last_update = fresh.root, fresh.manifest, summary
+        return summary
+
+    def update(
+        self,
+        folder: str | os.PathLike[str] | None = None,
+        *,
+        batch_size: int = 256,
+        num_workers: int = 1,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        callbacks: Sequence[Any] = (),
+    ) -> UpdateSummary:
+        """Bring the index up to date with its folder (or with ``folder``, when the images moved there).
+
+        New and changed files are embedded, rows of deleted files removed, moved or renamed files found
+        by content hash (no re-embedding); see :mod:`lookalike.updates`.
+
+        Returns:
+            What changed; the index in memory is reloaded.
+
+        Raises:
+            LookalikeError: the index is not a folder of the current format, or the folder is unusable.
+        """
+        directory = self._writable_dir()
+        root = Path(folder).expanduser() if folder is not None else self.root
+        states = scan_folder(root)
+        root = root.resolve()
+        summary = _update_dir(directory, self.model, root, states, full=True, batch_size=batch_size,
+                              num_workers=num_workers, shard_size=shard_size, callbacks=callbacks)  # fmt: skip
+        return self._refresh(summary)
+
+    def add(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        batch_size: int = 256,
+        num_workers: int = 1,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        callbacks: Sequence[Any] = (),
+    ) -> UpdateSummary:
+        """Index (or re-index, when changed) the given image files or folders, which must be inside the root.
+
+        Raises:
+            LookalikeError: a path that does not exist, is outside the indexed folder or is not an image.
+        """
+        directory = self._writable_dir()
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        states = states_of_paths(self.root, paths)
+        summary = _update_dir(directory, self.model, self.root, states, full=False, batch_size=batch_size,
+                              num_workers=num_workers, shard_size=shard_size, callbacks=callbacks)  # fmt: skip
+        return self._refresh(summary)
+
+    def remove(self, paths: Sequence[str | os.PathLike[str]]) -> UpdateSummary:
+        """Remove the rows of the given files (or of every image under the given folders).
+
+        The files themselves are not touched; paths may be absolute, relative to the current folder or
+        relative to the indexed root, and need not exist any more.
+
+        Raises:
+            LookalikeError: a path names no indexed image (nothing is removed then).
+        """
+        directory = self._writable_dir()
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        relatives = []
+        for path in paths:
+            options = candidate_relatives(self.root, path)
+            rel = next((r for r in options if self._names_rows(r)), None)
+            if rel is None:
+                raise LookalikeError(f"{path}: no indexed image there")
+            relatives.append(rel)
+        summary = _update_dir(directory, self.model, self.root, [], full=False, remove=relatives)
+        return self._refresh(summary)
+
+    def _names_rows(self, rel: str) -> bool:
+        if not rel:
+            return bool(self._by_path)
+        if rel in self._by_path:
+            return True
+        prefix = rel.rstrip("/") + "/"
+        skipped = {Path(s["path"]).relative_to(self.root).as_posix() for s in self.manifest.get("skipped", [])}
+        return any(p.startswith(prefix) for p in self._by_path) or rel in skipped
 
     # ------------------------------------------------------------------------------------------ query
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ def index(built_index_dir: Path) -> Index:
 
 def test_index_dir_layout_and_catalog(built_index_dir: Path, class_folder: Path, index: Index) -> None:
     names = {p.name for p in built_index_dir.iterdir()}
-    assert {"manifest.json", "catalog.sqlite", "vectors.npy", "norms.npy", "ids.npy", "model"} <= names
+    assert {"manifest.json", "catalog.sqlite", "vectors-00000.npy", "model"} <= names
     manifest = json.loads((built_index_dir / "manifest.json").read_text())
     assert manifest["count"] == 24 == len(index)
     assert manifest["root"] == str(class_folder.resolve())
