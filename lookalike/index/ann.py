@@ -12,13 +12,26 @@ answer ``search(queries, k, metric=, exclude=) -> (scores, ids)`` of shape ``(n,
   **remove**: HNSW cannot delete, so removed rows become tombstones filtered at search time (the search
   over-fetches to fill ``k``); when tombstones exceed 20 % of the rows the graph is rebuilt from the
   live vectors.
-* :class:`IVFPQIndex`: ``faiss.IndexIVFPQ`` (inner product on unit vectors) for memory: only PQ codes,
-  ids and norms are kept, never float vectors, so **every score is approximate** (cosine from PQ codes;
-  euclidean as ``sqrt(|q|^2 + |x|^2 - 2|q||x| cos_pq)`` over a cosine shortlist of ``max(4k, 64)``).
-  It needs training: until ``max(1000, 39 * nlist)`` vectors have arrived (``nlist`` given, or 1000 when
-  it is chosen automatically) vectors are held in an :class:`ExactIndex` and answers are exact; the add
-  that reaches the threshold trains the quantizers on everything held and moves it into the IVF-PQ.
-  ``remove`` is native (``remove_ids``).
+* :class:`IVFPQIndex`: for memory. ``faiss.IndexIVFPQ`` (inner product on unit vectors; nlist ``2*sqrt(n)``,
+  ``dim/4`` one-byte PQ codes: 32 B at 128-d; nprobe 32) finds a shortlist of ``max(10 * k, 100)``
+  candidates, which are **re-scored with an 8-bit scalar-quantized copy** of every unit vector (``refine="sq8"``,
+  ``dim`` bytes, per-dimension min/max of the training sample, 255 steps). No float vectors are kept, so
+  every score is approximate: cosine = the query's dot product with the decoded sq8 vector (off by about
+  1e-3), euclidean = ``sqrt(|q|^2 + |x|^2 - 2|q||x| cos)`` with the exact norms, over a shortlist of
+  ``10 * max(4k, 64)``. ``refine="none"`` keeps PQ codes only (cosine from the PQ codes: less memory,
+  lower recall). Memory at 1M x 128-d with the defaults: 32 (PQ) + 8 (row number in the lists) + 128
+  (sq8) + 8 (row -> id) + 4 (norm) = 180 B a vector, ~181 MB (the process grew by 206 MB: allocator
+  overhead); ``m=16`` ~165 MB; ``m=64, refine="none"`` ~85 MB (116 MB measured, recall@10 0.86).
+  Why (``benchmarks/ann_scale.py``, BENCHMARKS.md, 100k x 128-d, recall@10 vs exact): PQ alone tops out
+  at 0.65 (16 B), 0.80 (32 B), 0.93 (64 B) on clustered vectors whatever nprobe, and at 0.86 (64 B) on
+  CIFAR-10 embeddings; OPQ adds ~0.01. Re-ranking the shortlist with sq8 lifts clustered vectors to 0.98
+  with 16 PQ bytes, but real embeddings, whose neighbours' scores lie close together, need 32: PQ16 + sq8
+  reaches 0.86 (shortlist 100) or 0.93 (200), PQ32 + sq8 0.955 at nprobe 32 (0.92 at 16). Training waits
+  until ``max(1000, 39 * nlist)`` vectors have arrived (``nlist`` given, or 1000 when it is chosen
+  automatically): until then vectors are held in an :class:`ExactIndex` and answers are exact; the add
+  that reaches the threshold trains on (a seeded sample of at most ``64 * nlist`` of) everything held and
+  moves it in. faiss's ids are our row numbers; ``remove`` is native (``remove_ids``) and marks the row,
+  and past 20 % removed rows the rows are renumbered (the ids in the inverted lists rewritten in place).
 
 :func:`choose_backend` picks by size: ``exact`` below 100,000 vectors (one BLAS product is fast enough on
 a laptop there, and exact), ``hnsw`` below 2,000,000 when its memory estimate fits the budget (8 GiB by
@@ -292,29 +305,63 @@ class HNSWIndex(_Base):
 
 
 def _pq_subquantizers(dim: int) -> int:
-    """Largest divisor of ``dim`` that is at most ``dim / 4`` (at least 1)."""
+    """Largest divisor of ``dim`` that is at most ``dim / 4`` (at least 1): 32 one-byte codes at 128-d."""
     for m in range(max(dim // 4, 1), 0, -1):
         if dim % m == 0:
             return m
     return 1
 
 
+REFINES = ("sq8", "none")
+
+
 class IVFPQIndex(_Base):
-    """Approximate, compressed search (faiss ``IndexIVFPQ``, inner product on unit vectors)."""
+    """Approximate, compressed search: faiss ``IndexIVFPQ`` shortlists, 8-bit codes re-rank them.
+
+    Args:
+        dim: Dimension of the vectors.
+        nlist: Inverted lists (coarse centroids); ``None`` chooses ``2 * sqrt(n)`` (at most ``n / 39``) at
+            training time.
+        m: PQ sub-quantizers (bytes per vector with 8-bit codes); ``None`` is ``dim / 4`` (32 at 128-d).
+        nbits: Bits per PQ code.
+        nprobe: Lists visited per query.
+        refine: ``sq8`` keeps an 8-bit scalar-quantized copy of every unit vector (``dim`` bytes) and
+            re-scores a shortlist of ``max(shortlist_factor * k, 100)`` PQ candidates with it; ``none`` keeps
+            PQ codes only (least memory, lower recall).
+        shortlist_factor: PQ candidates per wanted result when re-ranking.
+    """
+
+    SHORTLIST_MIN = 100  # re-ranked candidates at least
+    COMPACT_FRACTION = 0.2  # renumber rows when removed rows exceed this share
 
     def __init__(
-        self, dim: int, nlist: int | None = None, m: int | None = None, nbits: int = 8, nprobe: int = 16
+        self,
+        dim: int,
+        nlist: int | None = None,
+        m: int | None = None,
+        nbits: int = 8,
+        nprobe: int = 32,
+        refine: str = "sq8",
+        shortlist_factor: int = 10,
     ) -> None:
         self.dim = int(dim)
         self.nlist = None if nlist is None else int(nlist)
         self.m = _pq_subquantizers(self.dim) if m is None else int(m)
-        if self.dim % self.m:
+        if self.m < 1 or self.dim % self.m:
             raise LookalikeError(f"pq subquantizers m={self.m} must divide the dimension {self.dim}")
-        self.nbits, self.nprobe = int(nbits), int(nprobe)
-        self._index = None  # the trained faiss index, or None while vectors wait in self._pending
-        self._pending = ExactIndex(self.dim)
-        self.ids = np.empty((0,), dtype=np.int64)  # sorted ids in the trained index
-        self.norms = np.empty((0,), dtype=np.float32)  # their norms, aligned with self.ids
+        if refine not in REFINES:
+            raise LookalikeError(f"unknown ivfpq refine {refine!r} (use {', '.join(REFINES)})")
+        self.nbits, self.nprobe, self.refine = int(nbits), int(nprobe), refine
+        self.shortlist_factor = int(shortlist_factor)
+        self._index = None  # the trained faiss index (its ids are our row numbers), None while untrained
+        self._pending = ExactIndex(self.dim)  # vectors waiting for training
+        self.row_ids = np.empty((0,), dtype=np.int64)  # row -> id, -1 for a removed row
+        self.norms = np.empty((0,), dtype=np.float32)  # row -> original norm
+        self.codes: np.ndarray | None = None  # row -> sq8 code of the unit vector (refine="sq8")
+        self.sq_min = np.zeros(self.dim, dtype=np.float32)  # sq8: per-dimension range of the training vectors
+        self.sq_step = np.ones(self.dim, dtype=np.float32)
+        self._lookup_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._live = 0  # rows whose id is not -1 (kept so len() costs nothing per search)
 
     @property
     def trained(self) -> bool:
@@ -325,7 +372,20 @@ class IVFPQIndex(_Base):
         return max(1000, 39 * self.nlist) if self.nlist is not None else 1000
 
     def __len__(self) -> int:
-        return len(self.ids) if self.trained else len(self._pending)
+        return self._live if self.trained else len(self._pending)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids held, sorted."""
+        return self._lookup()[0] if self.trained else np.sort(self._pending.ids)
+
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted live ids, their rows), cached until the next change."""
+        if self._lookup_cache is None:
+            live = np.flatnonzero(self.row_ids >= 0)
+            order = np.argsort(self.row_ids[live], kind="stable")
+            self._lookup_cache = (self.row_ids[live][order], live[order])
+        return self._lookup_cache
 
     def _all_ids(self) -> np.ndarray:
         return self.ids if self.trained else self._pending.ids
@@ -345,56 +405,112 @@ class IVFPQIndex(_Base):
         pending = self._pending
         n = len(pending)
         if self.nlist is None:
-            self.nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+            self.nlist = max(1, min(int(2 * math.sqrt(n)), n // 39))
+        sample = pending.vectors
+        if n > 64 * self.nlist:  # k-means gains little past ~64 points a centroid; a seeded sample
+            sample = sample[np.sort(np.random.default_rng(0).choice(n, 64 * self.nlist, replace=False))]
+        sample = np.ascontiguousarray(sample)
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFPQ(quantizer, self.dim, self.nlist, self.m, self.nbits, faiss.METRIC_INNER_PRODUCT)
-        index.train(np.ascontiguousarray(pending.vectors))
+        index.train(sample)
         index.nprobe = self.nprobe
+        if self.refine == "sq8":
+            lo, hi = sample.min(axis=0), sample.max(axis=0)
+            self.sq_min = lo.astype(np.float32)
+            self.sq_step = (np.maximum(hi - lo, 1e-12) / 255).astype(np.float32)
+            self.codes = np.empty((0, self.dim), dtype=np.uint8)
         self._quantizer = quantizer  # keep the python object alive alongside the index
         self._index = index
-        self._add_trained(np.ascontiguousarray(pending.vectors), pending.norms, pending.ids)
         self._pending = ExactIndex(self.dim)
+        self._add_trained(pending.vectors, pending.norms, pending.ids)
+
+    def _encode(self, unit: np.ndarray) -> np.ndarray:
+        q = np.rint((unit - self.sq_min) / self.sq_step)
+        return np.clip(q, 0, 255).astype(np.uint8)
+
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes.astype(np.float32) * self.sq_step + self.sq_min
 
     def _add_trained(self, unit: np.ndarray, norms: np.ndarray, ids: np.ndarray) -> None:
-        self._index.add_with_ids(unit, ids)
-        all_ids = np.concatenate([self.ids, ids])
-        order = np.argsort(all_ids, kind="stable")
-        self.ids, self.norms = all_ids[order], np.concatenate([self.norms, norms])[order]
+        start = len(self.row_ids)
+        chunk = 65536
+        parts = []
+        for s in range(0, len(ids), chunk):
+            block = np.ascontiguousarray(unit[s : s + chunk], dtype=np.float32)
+            self._index.add_with_ids(block, np.arange(start + s, start + s + len(block), dtype=np.int64))
+            if self.codes is not None:
+                parts.append(self._encode(block))
+        if self.codes is not None and parts:
+            self.codes = np.concatenate([self.codes, *parts]) if len(self.codes) else np.concatenate(parts)
+        self.row_ids = np.concatenate([self.row_ids, ids])
+        self.norms = np.concatenate([self.norms, np.asarray(norms, dtype=np.float32)])
+        self._live += len(ids)
+        self._lookup_cache = None
 
     def remove(self, ids: np.ndarray) -> int:
-        """Remove entries by id; returns how many were removed."""
+        """Remove entries by id; returns how many were removed (rows are renumbered past 20 % removed)."""
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
         if not self.trained:
             return self._pending.remove(ids)
-        keep = ~np.isin(self.ids, ids)
-        if (~keep).any():
-            self._index.remove_ids(_faiss().IDSelectorBatch(self.ids[~keep]))
-        self.ids, self.norms = self.ids[keep], self.norms[keep]
-        return int((~keep).sum())
+        sorted_ids, rows = self._lookup()
+        gone = rows[np.isin(sorted_ids, ids)]
+        if len(gone):
+            faiss, gone = _faiss(), np.ascontiguousarray(gone, dtype=np.int64)
+            hashed = self._index.direct_map.type != faiss.DirectMap.NoMap  # (only after a reconstruct)
+            selector = faiss.IDSelectorArray(len(gone), faiss.swig_ptr(gone)) if hashed else faiss.IDSelectorBatch(gone)
+            self._index.remove_ids(selector)
+            self.row_ids[gone] = -1
+            self._live -= len(gone)
+            self._lookup_cache = None
+            if np.count_nonzero(self.row_ids < 0) > self.COMPACT_FRACTION * len(self.row_ids):
+                self._compact()
+        return int(len(gone))
+
+    def _compact(self) -> None:
+        """Drop removed rows from our arrays and renumber the ids in the inverted lists to match."""
+        faiss = _faiss()
+        live = self.row_ids >= 0
+        remap = np.full(len(self.row_ids), -1, dtype=np.int64)
+        remap[live] = np.arange(int(live.sum()), dtype=np.int64)
+        invlists = self._index.invlists
+        for lst in range(invlists.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                view = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+                view[:] = remap[view]
+        if self._index.direct_map.type != faiss.DirectMap.NoMap:
+            self._index.set_direct_map_type(faiss.DirectMap.NoMap)
+        self.row_ids, self.norms = self.row_ids[live], self.norms[live]
+        if self.codes is not None:
+            self.codes = self.codes[live]
+        self._lookup_cache = None
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Positions of ids in :attr:`ids` (raises LookalikeError for unknown ids)."""
+        """Rows of ids (raises LookalikeError for unknown ids)."""
         if not self.trained:
             return self._pending.rows_of(ids)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
-        if not len(self.ids) or np.any(self.ids[pos] != ids):
-            missing = ids[~np.isin(ids, self.ids)]
+        sorted_ids, rows = self._lookup()
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        if not len(sorted_ids) or np.any(sorted_ids[pos] != ids):
+            missing = ids[~np.isin(ids, sorted_ids)]
             raise LookalikeError(f"no entry with id {int(missing[0])} in the index")
-        return pos
+        return rows[pos]
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        """The vectors of the given ids: exact before training, decoded from PQ codes (approximate) after."""
+        """The vectors of the given ids: exact before training; after, decoded from the sq8 codes (or the PQ
+        codes with ``refine="none"``), so approximate."""
         if not self.trained:
             return self._pending.reconstruct(ids)
         rows = self.rows_of(ids)
-        if self._index.direct_map.type == 0:  # NoMap
-            self._index.set_direct_map_type(_faiss().DirectMap.Hashtable)
-        unit = (
-            np.stack([self._index.reconstruct(int(i)) for i in self.ids[rows]])
-            if len(rows)
-            else np.empty((0, self.dim), np.float32)
-        )
+        if self.codes is not None:
+            unit = self._decode(self.codes[rows])
+        elif len(rows):
+            if self._index.direct_map.type == _faiss().DirectMap.NoMap:
+                self._index.set_direct_map_type(_faiss().DirectMap.Hashtable)
+            unit = np.stack([self._index.reconstruct(int(r)) for r in rows])
+        else:
+            unit = np.empty((0, self.dim), np.float32)
         return unit * self.norms[rows, None]
 
     def search(self, queries, k: int, *, metric: str = "cosine", exclude=None):
@@ -402,32 +518,42 @@ class IVFPQIndex(_Base):
         queries, exclude = self._check_search(queries, k, metric, exclude)
         if not self.trained:
             return self._pending.search(queries, k, metric=metric, exclude=exclude)
-        n = len(queries)
-        if len(self.ids) == 0:
+        n, live = len(queries), len(self)
+        if live == 0:
             return self._finish(np.full((n, 1), -1), np.zeros((n, 1), np.float32), k, metric)
         q_unit, q_norm = l2_normalize(queries)
         want = k if metric == "cosine" else max(4 * k, SHORTLIST_MIN)
-        sims, ids = self._index.search(q_unit, min(want + 1, len(self.ids)))
-        ids = np.where(ids == exclude[:, None], -1, ids)
+        if self.codes is not None:
+            want = max(self.shortlist_factor * want, self.SHORTLIST_MIN)
+        sims, rows = self._index.search(q_unit, min(want + 1, live))
+        ok = rows >= 0
+        ids = np.full(rows.shape, -1, dtype=np.int64)
+        ids[ok] = self.row_ids[rows[ok]]
+        ids[ids == exclude[:, None]] = -1
+        if self.codes is not None:  # re-score the shortlist with the 8-bit codes, 64 queries at a time
+            for s in range(0, n, 64):
+                r = np.where(ok[s : s + 64], rows[s : s + 64], 0)
+                approx = self._decode(self.codes[r])
+                sims[s : s + 64] = np.matmul(approx, q_unit[s : s + 64, :, None])[:, :, 0]
         if metric == "cosine":
             return self._finish(ids, sims, k, metric)
-        ok = ids >= 0
-        xn = np.zeros(ids.shape, dtype=np.float32)
-        xn[ok] = self.norms[np.searchsorted(self.ids, ids[ok])]
+        xn = np.zeros(rows.shape, dtype=np.float32)
+        xn[ok] = self.norms[rows[ok]]
         qn = q_norm[:, None]
         dist = np.sqrt(np.maximum(qn**2 + xn**2 - 2 * qn * xn * sims, 0.0))
-        return self._finish(ids, dist, k, metric)
+        return self._finish(ids, dist.astype(np.float32), k, metric)
 
     def memory_bytes(self) -> int:
-        """Estimated resident size in bytes (codes and ids in the lists, coarse and PQ centroids, norms)."""
+        """Estimated resident size in bytes: PQ codes and 8-byte row numbers in the lists, sq8 codes, our
+        row -> id and norms, coarse and PQ centroids."""
         if not self.trained:
             return len(self._pending) * (4 * self.dim + 12)
-        code = self.m * self.nbits // 8
-        return int(len(self.ids) * (code + 8 + 8 + 4) + 4 * self.dim * (self.nlist + 2**self.nbits))
+        per_row = self.m * self.nbits // 8 + 8 + 8 + 4 + (self.dim if self.codes is not None else 0)
+        return int(len(self.row_ids) * per_row + 4 * self.dim * (self.nlist + 2**self.nbits))
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``params.json`` and either ``index.faiss`` + ``ids.npy`` + ``norms.npy`` (trained) or the
-        waiting exact vectors (untrained) into a new (temporary) directory."""
+        """Write ``params.json`` and either ``index.faiss`` + ``row_ids.npy`` + ``norms.npy`` (+ ``codes.npy``
+        and ``sq.npy``) (trained) or the waiting exact vectors (untrained) into a new (temporary) directory."""
         directory = Path(directory)
         params = {
             "backend": "ivfpq",
@@ -436,12 +562,17 @@ class IVFPQIndex(_Base):
             "m": self.m,
             "nbits": self.nbits,
             "nprobe": self.nprobe,
+            "refine": self.refine,
+            "shortlist_factor": self.shortlist_factor,
             "trained": self.trained,
         }
         if self.trained:
             _faiss().write_index(self._index, str(directory / "index.faiss"))
-            np.save(directory / "ids.npy", self.ids, allow_pickle=False)
+            np.save(directory / "row_ids.npy", self.row_ids, allow_pickle=False)
             np.save(directory / "norms.npy", self.norms, allow_pickle=False)
+            if self.codes is not None:
+                np.save(directory / "codes.npy", self.codes, allow_pickle=False)
+                np.save(directory / "sq.npy", np.stack([self.sq_min, self.sq_step]), allow_pickle=False)
         else:
             self._pending.save(directory)
         (directory / "params.json").write_text(json.dumps(params))
@@ -452,16 +583,24 @@ class IVFPQIndex(_Base):
         directory = Path(directory)
         try:
             p = json.loads((directory / "params.json").read_text())
-            index = cls(p["dim"], p["nlist"], p["m"], p["nbits"], p["nprobe"])
+            index = cls(p["dim"], p["nlist"], p["m"], p["nbits"], p["nprobe"], p["refine"], p["shortlist_factor"])
             if p["trained"]:
                 index._index = _faiss().read_index(str(directory / "index.faiss"))
                 index._index.nprobe = index.nprobe
-                index.ids = np.load(directory / "ids.npy", allow_pickle=False).astype(np.int64)
+                index.row_ids = np.load(directory / "row_ids.npy", allow_pickle=False).astype(np.int64)
                 index.norms = np.load(directory / "norms.npy", allow_pickle=False).astype(np.float32)
+                index._live = int(np.count_nonzero(index.row_ids >= 0))
+                if index.refine == "sq8":
+                    index.codes = np.load(directory / "codes.npy", allow_pickle=False).astype(np.uint8)
+                    index.sq_min, index.sq_step = np.load(directory / "sq.npy", allow_pickle=False).astype(np.float32)
             else:
                 index._pending = ExactIndex.load(directory)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise LookalikeError(f"{directory}: unreadable ivfpq index ({exc})") from None
-        if index.trained and not (len(index.ids) == len(index.norms) == index._index.ntotal):
+        if index.trained and not (
+            len(index.row_ids) == len(index.norms)
+            and index._index.ntotal == len(index)
+            and (index.codes is None or len(index.codes) == len(index.row_ids))
+        ):
             raise LookalikeError(f"{directory}: ivfpq codes, ids and norms disagree in length")
         return index
