@@ -323,6 +323,14 @@ def index(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Start over: re-embed everything (the old index stays until done).")
     ] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Search structure: exact (brute force), hnsw (graph, fast, memory ~ vectors), ivfpq (compressed, "
+            "least memory), or auto (exact below 100,000 images, hnsw below 2,000,000, else ivfpq). Default: "
+            "the index's current one, auto for a new index. Rebuilt and saved after every update.",
+        ),
+    ] = None,
     shard_size: Annotated[
         int, typer.Option(help="Vectors per shard file and per commit (what an interrupted run can lose).", min=1)
     ] = 4096,
@@ -356,7 +364,30 @@ def index(
             folder, the_model, out, rebuild=rebuild, batch_size=batch_size, num_workers=workers, precision=precision,
             shard_size=shard_size, callbacks=callbacks,
         )  # fmt: skip
+        chosen = _save_backend(out, backend, summary.count, progress)
     _print_summary(summary, out, time.perf_counter() - t0)
+    if chosen is not None:
+        console.print(f"search backend: {chosen}", highlight=False)
+
+
+def _save_backend(out: Path, backend: str | None, count: int, progress: Progress) -> str | None:
+    """Build and save the index's search structure when one is asked for, or when the saved one is stale."""
+    from .index.ann import EXACT_MAX
+    from .search import ANN_SUBDIR, BACKEND_CHOICES, Index
+    from .serialization import read_json
+
+    if backend is not None and backend not in BACKEND_CHOICES:
+        raise LookalikeError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
+    current = read_json(out / "manifest.json", "index manifest").get("backend", "exact")
+    wanted = backend or (current if current != "exact" else "auto")
+    if wanted in ("auto", "exact") and count < EXACT_MAX and current == "exact" and not (out / ANN_SUBDIR).exists():
+        return None  # small and exact: nothing to build
+    task = progress.add_task("search structure", total=None, info="")
+    idx = Index.load(out)
+    chosen = idx.use_backend(wanted)
+    idx.save_backend()
+    progress.update(task, total=1, completed=1, info=chosen)
+    return chosen
 
 
 def _print_summary(summary: Any, out: Path, seconds: float) -> None:

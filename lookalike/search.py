@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import hashlib
 import io
 import logging
 import os
@@ -211,6 +212,15 @@ def _new_manifest(model: Model, root: Path) -> dict[str, Any]:
     }
 
 
+ANN_SUBDIR = "ann"  # the saved ANN structure of an index whose backend is hnsw or ivfpq
+BACKEND_CHOICES = ("auto", "exact", "hnsw", "ivfpq")
+
+
+def _ids_signature(ids: np.ndarray) -> str:
+    """Names the exact set of ids an ANN structure was built from (it is stale when they change)."""
+    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()[:32]
+
+
 def _skipped_row(root: Path, record: dict[str, Any]) -> SkippedFile | None:
     """A manifest's skipped-file record as a catalog row (None when it is outside the root or gone)."""
     try:
@@ -391,6 +401,8 @@ class Index:
         self.manifest = manifest
         self.directory = directory
         self.last_update: UpdateSummary | None = None  # what the build/update/add/remove that made it did
+        self.searcher: Any = vectors  # what answers searches: the exact vectors, or an ANN backend over them
+        self.backend = "exact"
 
     # ------------------------------------------------------------------------------------------ build
     @classmethod
@@ -561,7 +573,82 @@ class Index:
             )
         if len(entries) != len(vectors):
             raise LookalikeError(f"{directory}: catalog has {len(entries)} images but there are {len(vectors)} vectors")
-        return cls(model, vectors, entries, Path(manifest["root"]), manifest, directory)
+        index = cls(model, vectors, entries, Path(manifest["root"]), manifest, directory)
+        index._load_backend(manifest.get("backend", "exact"))
+        return index
+
+    # -------------------------------------------------------------------------------------- backends
+    def use_backend(self, backend: str = "auto", **params: Any) -> str:
+        """Answer searches with ``backend`` (``auto``: by size, see :func:`lookalike.index.choose_backend`).
+
+        ``hnsw`` and ``ivfpq`` are built here from the stored vectors (``params`` go to their constructors);
+        ``exact`` searches the vectors themselves. Returns the backend chosen. The exact vectors stay loaded
+        (id queries, evaluation and updates read them).
+        """
+        from .index import choose_backend, make_index
+
+        chosen = choose_backend(len(self.vectors), self.vectors.dim, backend)
+        if chosen == "exact":
+            self.searcher, self.backend = self.vectors, "exact"
+            return chosen
+        ann = make_index(chosen, self.vectors.dim, **params)
+        ids = np.sort(self.vectors.ids)
+        for start in range(0, len(ids), 65536):  # bounded temporary copies of the raw vectors
+            part = ids[start : start + 65536]
+            ann.add(self.vectors.reconstruct(part), part)
+        self.searcher, self.backend = ann, chosen
+        return chosen
+
+    def save_backend(self) -> Path | None:
+        """Write the ANN structure into the index folder (``ann/``, replaced atomically) and record the backend.
+
+        With the ``exact`` backend any old ``ann/`` is removed. Returns the folder written, if any.
+        """
+        if self.directory is None:
+            raise LookalikeError("this index has no folder yet: save it first")
+        final = self.directory / ANN_SUBDIR
+        written = None
+        if self.backend != "exact":
+            tmp = make_temp_dir(final)
+            try:
+                self.searcher.save(tmp)
+                atomic_write_json(tmp / "signature.json", {"backend": self.backend,
+                                                          "ids": _ids_signature(self.vectors.ids)})  # fmt: skip
+                old = final.with_name(f".{ANN_SUBDIR}.old-{os.getpid()}")
+                if final.exists():
+                    os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            written = final
+        elif final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        manifest = read_json(self.directory / MANIFEST_NAME, "index manifest")
+        manifest["backend"] = self.backend
+        atomic_write_json(self.directory / MANIFEST_NAME, manifest)
+        self.manifest["backend"] = self.backend
+        return written
+
+    def _load_backend(self, backend: str) -> None:
+        """At load: the saved ANN structure when it matches the catalog, else one built now (with a warning)."""
+        if backend not in ("hnsw", "ivfpq"):
+            return
+        from .index import HNSWIndex, IVFPQIndex
+
+        folder = self.directory / ANN_SUBDIR if self.directory is not None else None
+        try:
+            signature = read_json(folder / "signature.json", "ANN signature") if folder is not None else {}
+        except LookalikeError:
+            signature = {}
+        if signature.get("backend") == backend and signature.get("ids") == _ids_signature(self.vectors.ids):
+            cls = HNSWIndex if backend == "hnsw" else IVFPQIndex
+            self.searcher, self.backend = cls.load(folder), backend
+            return
+        logger.warning("%s: the saved %s structure is missing or stale (the index changed); rebuilding it in "
+                       "memory (run lookalike index again to save it)", self.directory, backend)  # fmt: skip
+        self.use_backend(backend)
 
     # ---------------------------------------------------------------------------------------- update
     def _writable_dir(self) -> Path:
@@ -577,6 +664,7 @@ class Index:
     def _refresh(self, summary: UpdateSummary) -> UpdateSummary:
         fresh = Index.load(self.directory, model=self.model)
         self.vectors, self.entries, self._by_path = fresh.vectors, fresh.entries, fresh._by_path
+        self.searcher, self.backend = fresh.searcher, fresh.backend
         self.root, self.manifest, self.last_update = fresh.root, fresh.manifest, summary
         return summary
 
@@ -705,9 +793,11 @@ class Index:
         queries = list(queries)
         # A few queries followed by a big float32 BLAS product: encode them on one thread, or torch's
         # idle-spinning workers and OpenBLAS's fight over the cores (8 ms instead of 5 ms a query here).
-        few = len(queries) <= SMALL_QUERY_BATCH and not self.vectors.uses_shortlist(len(queries), k, metric)
+        few = len(queries) <= SMALL_QUERY_BATCH and not (
+            self.searcher is self.vectors and self.vectors.uses_shortlist(len(queries), k, metric)
+        )
         vecs, own = self._embed_queries(queries, threads=1 if few else None)
-        scores, ids = self.vectors.search(vecs, k, metric=metric, exclude=own if exclude_self else None)
+        scores, ids = self.searcher.search(vecs, k, metric=metric, exclude=own if exclude_self else None)
         out = []
         for srow, irow in zip(scores, ids):
             hits = []
