@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.pretrained import register_extractor
     from .search import Hit, Index, evaluate
     from .training import train
+    from .updates import UpdateSummary
 
 __all__ = [
     "PRESETS",
@@ -45,6 +46,7 @@ __all__ = [
     "Model",
     "Preprocessing",
     "TrainConfig",
+    "UpdateSummary",
     "__version__",
     "adapt",
     "compare",
@@ -67,6 +69,7 @@ _LAZY = {
     "compare": "lookalike.comparison",
     "Comparison": "lookalike.comparison",
     "register_extractor": "lookalike.models.pretrained",
+    "UpdateSummary": "lookalike.updates",
     "Preprocessing": "lookalike.config",
     "TrainConfig": "lookalike.config",
 }
