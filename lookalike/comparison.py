@@ -287,7 +287,7 @@ def compare(
     out = Path(out_dir).expanduser() if out_dir is not None else None
     labels_arr = np.asarray(labs)
     rows: list[Candidate] = []
-    frozen: dict[tuple[str, int], tuple[Any, np.ndarray, np.ndarray]] = {}  # (name, size) -> model, vectors, ok
+    frozen: dict[tuple[str, int], tuple[Any, Any]] = {}  # (name, size) -> frozen model and its EmbedResult
     for i, ((name, size, adapted), text) in enumerate(zip(specs, names)):
         emit(callbacks, "on_compare_row", text, i, len(names))
         train_s = 0.0
@@ -312,8 +312,8 @@ def compare(
                 base.set_precision("auto")
                 _warm_up(base)
                 res = embed_files(base, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
-                frozen[key] = (base, res, None)
-            base, res, _ = frozen[key]
+                frozen[key] = (base, res)
+            base, res = frozen[key]
             if adapted:
                 from .adaptation import adapt
 
@@ -327,9 +327,7 @@ def compare(
             else:
                 the_model = base
         the_model.set_precision("auto")
-        if name != AUTOENCODER and not adapted:
-            res = frozen[(name, size or 0)][1]
-        else:
+        if name == AUTOENCODER or adapted:  # a frozen row reuses the embedding made above
             _warm_up(the_model)
             res = embed_files(the_model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
         for path, reason in res.failures:

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LookalikeError
-from .exact import METRICS, ExactIndex, check_vectors, l2_normalize
+from .exact import ExactIndex, check_search, check_vectors, l2_normalize
 
 BACKENDS = ("exact", "hnsw", "ivfpq")
 EXACT_MAX = 100_000  # choose_backend: exact below this many vectors
@@ -119,18 +119,9 @@ class _Base:
         return vectors, ids
 
     def _check_search(self, queries, k, metric, exclude):
-        if metric not in METRICS:
-            raise LookalikeError(f"unknown metric {metric!r} (use cosine or euclidean)")
-        if k < 1:
-            raise LookalikeError(f"k must be at least 1, got {k}")
-        queries = self._check(queries, "queries")
-        n = len(queries)
+        queries, exclude = check_search(queries, k, metric, exclude, self.dim)
         if exclude is None:
-            exclude = np.full(n, -1, dtype=np.int64)
-        else:
-            exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
-            if len(exclude) != n:
-                raise LookalikeError(f"exclude has {len(exclude)} ids for {n} queries")
+            exclude = np.full(len(queries), -1, dtype=np.int64)
         return queries, exclude
 
     @staticmethod

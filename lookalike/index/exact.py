@@ -34,6 +34,26 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
     return vectors
 
 
+def check_search(
+    queries: np.ndarray, k: int, metric: str, exclude: np.ndarray | None, dim: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The checked arguments of a ``search``: float32 ``(n, dim)`` queries and the exclusion ids (or None).
+
+    Raises:
+        LookalikeError: an unknown metric, ``k < 1``, queries of the wrong shape, or one exclusion per query missing.
+    """
+    if metric not in METRICS:
+        raise LookalikeError(f"unknown metric {metric!r} (use cosine or euclidean)")
+    if k < 1:
+        raise LookalikeError(f"k must be at least 1, got {k}")
+    queries = check_vectors(queries, dim, "queries")
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
+        if len(exclude) != len(queries):
+            raise LookalikeError(f"exclude has {len(exclude)} ids for {len(queries)} queries")
+    return queries, exclude
+
+
 class ExactIndex:
     """Exact nearest neighbours over unit vectors, remembering each vector's original norm.
 
@@ -118,18 +138,11 @@ class ExactIndex:
             ``(scores, ids)``, both ``(n, k)``; missing results have id -1 and score -inf (cosine) or
             +inf (euclidean).
         """
-        if metric not in METRICS:
-            raise LookalikeError(f"unknown metric {metric!r} (use cosine or euclidean)")
-        if k < 1:
-            raise LookalikeError(f"k must be at least 1, got {k}")
-        queries = self._check(queries, "queries")
+        queries, exclude = check_search(queries, k, metric, exclude, self.dim)
         n = len(queries)
         q_unit, q_norm = l2_normalize(queries)
         exclude_rows = None
         if exclude is not None:
-            exclude = np.asarray(exclude, dtype=np.int64).reshape(-1)
-            if len(exclude) != n:
-                raise LookalikeError(f"exclude has {len(exclude)} ids for {n} queries")
             exclude_rows = np.full(n, -1, dtype=np.int64)
             present = np.isin(exclude, self.ids)
             if present.any():
