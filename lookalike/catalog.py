@@ -14,13 +14,14 @@ every committed row points at a complete file; :meth:`Catalog.apply` makes each 
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LookalikeError
+from .errors import LookalikeError, display_path
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -64,6 +65,29 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 _CHUNK = 500  # parameters per IN (...) query, well under SQLite's limit
+
+# File names are bytes to the system; Python hands the bytes that are not UTF-8 around as lone surrogates
+# (os.fsdecode), which SQLite's UTF-8 text cannot take. Such a name is bound as its raw bytes and stored
+# as TEXT (CAST(? AS TEXT) keeps the bytes), and every TEXT read back is decoded with surrogateescape, so
+# the name comes back exactly as the file system gave it. Valid UTF-8 names are stored as they are.
+_TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
+
+
+def _name(text: str | None) -> str | bytes | None:
+    """A path or label as an SQL parameter: itself, or its raw bytes when it is not valid UTF-8."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def _connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+    db = sqlite3.connect(*args, **kwargs)  # type: ignore[arg-type]
+    db.text_factory = _TEXT
+    return db
 
 
 @dataclass(frozen=True)
@@ -117,7 +141,7 @@ class Catalog:
         if path.exists():
             raise LookalikeError(f"{path}: catalog already exists")
         try:
-            db = sqlite3.connect(path)
+            db = _connect(path)
             db.executescript(SCHEMA)
             db.commit()
         except sqlite3.Error as exc:
@@ -137,7 +161,7 @@ class Catalog:
             readonly = False
         uri = f"{path.resolve().as_uri()}?mode={'ro' if readonly else 'rw'}"
         try:
-            db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30.0)
+            db = _connect(uri, uri=True, check_same_thread=False, timeout=30.0)
             db.execute("SELECT id, path, size, mtime_ns, sha256, label FROM images LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             raise LookalikeError(f"{path}: unreadable catalog ({exc})") from None
@@ -155,8 +179,9 @@ class Catalog:
         try:
             with self._db:
                 self._db.executemany(
-                    "INSERT INTO images (id, path, size, mtime_ns, sha256, label) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.id, e.path, e.size, e.mtime_ns, e.sha256, e.label) for e in entries],
+                    "INSERT INTO images (id, path, size, mtime_ns, sha256, label) "
+                    "VALUES (?, CAST(? AS TEXT), ?, ?, ?, CAST(? AS TEXT))",
+                    [(e.id, _name(e.path), e.size, e.mtime_ns, e.sha256, _name(e.label)) for e in entries],
                 )
         except sqlite3.Error as exc:
             raise LookalikeError(f"{self.path}: cannot add to the catalog ({exc})") from None
@@ -178,7 +203,9 @@ class Catalog:
 
     def id_of(self, relative_path: str) -> int | None:
         """The id of a relative path, or None."""
-        row = self._db.execute("SELECT id FROM images WHERE path = ?", (relative_path,)).fetchone()
+        row = self._db.execute(
+            "SELECT id FROM images WHERE path = CAST(? AS TEXT)", (_name(relative_path),)
+        ).fetchone()
         return int(row[0]) if row else None
 
     # ----------------------------------------------------------------- the index folder's store (format 2)
@@ -189,7 +216,7 @@ class Catalog:
         if path.exists():
             raise LookalikeError(f"{path}: catalog already exists")
         try:
-            db = sqlite3.connect(path, timeout=30.0)
+            db = _connect(path, timeout=30.0)
             db.executescript(STORE_SCHEMA)
             db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [("next_id", 0), ("next_shard", 0)])
             db.commit()
@@ -256,9 +283,10 @@ class Catalog:
         """Ids of the image at ``relative`` and of every image below it (``relative`` as a folder; "" is all)."""
         if not relative:
             return [r[0] for r in self._db.execute("SELECT id FROM images")]
-        prefix = relative.rstrip("/") + "/"
-        rows = self._db.execute(
-            "SELECT id FROM images WHERE path = ? OR substr(path, 1, ?) = ?", (relative, len(prefix), prefix)
+        prefix = relative.rstrip("/").encode("utf-8", "surrogateescape") + b"/"
+        rows = self._db.execute(  # compared as bytes: a name that is not UTF-8 has no characters to count
+            "SELECT id FROM images WHERE path = CAST(? AS TEXT) OR substr(CAST(path AS BLOB), 1, ?) = ?",
+            (_name(relative), len(prefix), prefix),
         )
         return [r[0] for r in rows]
 
@@ -325,17 +353,17 @@ class Catalog:
                 self._db.executemany("DELETE FROM images WHERE id = ?", [(p.entry.id,) for p in put])
                 self._db.executemany(
                     "INSERT INTO images (id, path, size, mtime_ns, sha256, label, shard, row) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(p.entry.id, p.entry.path, p.entry.size, p.entry.mtime_ns, p.entry.sha256, p.entry.label,
-                      p.shard, p.row) for p in put],
+                    "VALUES (?, CAST(? AS TEXT), ?, ?, ?, CAST(? AS TEXT), ?, ?)",
+                    [(p.entry.id, _name(p.entry.path), p.entry.size, p.entry.mtime_ns, p.entry.sha256,
+                      _name(p.entry.label), p.shard, p.row) for p in put],
                 )  # fmt: skip
                 self._db.executemany("UPDATE images SET shard = ?, row = ? WHERE id = ?",
                                      [(s, r, i) for i, s, r in relocate])  # fmt: skip
                 self._db.executemany("DELETE FROM shards WHERE shard = ?", [(int(s),) for s in drop_shards])
-                self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in unskip])
+                self._db.executemany("DELETE FROM skipped WHERE path = CAST(? AS TEXT)", [(_name(p),) for p in unskip])
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
-                    [(s.path, s.size, s.mtime_ns, s.reason) for s in skip],
+                    "INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (CAST(? AS TEXT), ?, ?, ?)",
+                    [(_name(s.path), s.size, s.mtime_ns, display_path(s.reason)) for s in skip],
                 )
                 if meta:
                     self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items()))

@@ -1,31 +1,39 @@
 """Find image files, decode them robustly, and prepare them exactly as a model expects.
 
-Decoding applies EXIF orientation, flattens alpha onto white, maps any Pillow mode (palette, 16-bit,
-32-bit integer, float, CMYK, 1-bit) to RGB or L, and turns every failure into an
-:class:`~lookalike.errors.ImageDecodeError` naming the file and the reason. Unreadable files are
-dropped by the batch collator and reported, never crash a batch.
+What is opened and how it is decoded is :mod:`lookalike.decoding`'s policy (regular files, size and
+pixel limits, accepted formats, ICC profiles, EXIF orientation, modes); this module finds the files
+(:func:`scan_images` reports what it refuses), prepares pixels for a model, and batches them: unreadable
+files are dropped by the batch collator and reported, never crash a batch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .config import Preprocessing
-from .errors import ImageDecodeError, LookalikeError
+from .decoding import (
+    IMAGE_EXTENSIONS,
+    decode_bytes,
+    decode_file,
+    file_kind,
+    link_problem,
+    read_file,
+    to_mode,
+)
+from .errors import ImageDecodeError, LookalikeError, display_path
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -36,87 +44,128 @@ _RESAMPLE = {
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """True when the file name has one of the supported image extensions (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-def find_images(root: str | os.PathLike[str]) -> list[Path]:
-    """List the image files under ``root``, recursively, sorted by path.
+@dataclass
+class FolderScan:
+    """The image files under a folder, and those found but refused before reading (with the reason)."""
 
-    Hidden files and folders (names starting with ``.``) are skipped; symbolic links to files are
-    followed, links to folders are not.
+    files: list[Path]  # absolute paths, sorted
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, one-line reason), sorted
 
-    Args:
-        root: the folder to search.
 
-    Returns:
-        Absolute paths of the image files, sorted.
+def file_problem(
+    path: str | os.PathLike[str], root: str | os.PathLike[str], *, follow_symlinks: bool = False
+) -> str | None:
+    """Why a file under ``root`` cannot be indexed, known before reading it; None when it can be read.
+
+    Refused: a FIFO, socket or device (also behind a link), a link that is broken or loops, and a link
+    whose target is outside ``root`` unless ``follow_symlinks``.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.stat(path).st_mode
+            except OSError:  # broken, loops, or no permission
+                return link_problem(path, root, follow_outside=follow_symlinks) or "cannot read the link"
+            if not stat.S_ISREG(target):
+                return f"not a regular file (a link to a {file_kind(target)})"
+            return link_problem(path, root, follow_outside=follow_symlinks)
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({file_kind(mode)})"
+    return None
+
+
+def scan_images(
+    root: str | os.PathLike[str], *, follow_symlinks: bool = False, links_inside: str | os.PathLike[str] | None = None
+) -> FolderScan:
+    """List the image files under ``root``, recursively, sorted by path; report what cannot be indexed.
+
+    Candidates are files with an image extension (:data:`IMAGE_EXTENSIONS`); hidden files and folders
+    (names starting with ``.``) are left out. Links to folders are not followed. Links to files are
+    followed when their target is inside ``root`` (or anywhere, with ``follow_symlinks``); a link that
+    leaves the folder, is broken or loops, a FIFO, socket or device, and a folder that cannot be listed
+    are reported in :attr:`FolderScan.skipped` and never opened. ``links_inside`` is the folder links must
+    stay in when it is not ``root`` itself (scanning a sub-folder of an indexed folder).
 
     Raises:
         LookalikeError: the folder is missing, is not a folder, is empty, or holds no images.
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise LookalikeError(f"{root}: folder does not exist")
+        raise LookalikeError(f"{display_path(root)}: folder does not exist")
     if not root.is_dir():
-        raise LookalikeError(f"{root}: not a folder")
+        raise LookalikeError(f"{display_path(root)}: not a folder")
     root = root.resolve()
+    base = str(root)
+    links = Path(links_inside).expanduser().resolve() if links_inside is not None else root
     found: list[str] = []  # plain strings while walking: Path objects cost a second per 50,000 files
+    skipped: list[tuple[str, str]] = []
     seen_any = False
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            seen_any = True
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.join(dirpath, name))
-    if not found:
+    stack = [base]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError as exc:
+            skipped.append((folder, f"cannot list this folder ({exc.strerror or exc})"))
+            continue
+        with entries:
+            for entry in entries:
+                name = entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not name.startswith("."):
+                            stack.append(entry.path)
+                        continue
+                    seen_any = True
+                    if name.startswith("."):
+                        continue
+                    if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        found.append(entry.path)
+                        continue
+                    if entry.is_symlink() and os.path.isdir(entry.path):  # (False for broken links and loops)
+                        continue  # a link to a folder: not followed
+                    problem = file_problem(entry.path, links, follow_symlinks=follow_symlinks)
+                    if problem is None:
+                        found.append(entry.path)
+                        continue
+                except OSError as exc:
+                    problem = f"cannot read ({exc.strerror or exc})"
+                skipped.append((entry.path, problem))
+    if not found and not skipped:
         if not seen_any:
-            raise LookalikeError(f"{root}: folder is empty")
+            raise LookalikeError(f"{display_path(root)}: folder is empty")
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise LookalikeError(f"{root}: no images found (looked for {exts})")
+        raise LookalikeError(f"{display_path(root)}: no images found (looked for {exts})")
     found.sort(key=lambda p: p.split(os.sep))  # the order of sorting Path objects
-    return [Path(p) for p in found]
+    skipped.sort(key=lambda x: x[0].split(os.sep))
+    return FolderScan([Path(p) for p in found], [(Path(p), why) for p, why in skipped])
 
 
-def _flatten_alpha(im: Image.Image) -> Image.Image:
-    """Composite an image with an alpha channel onto a white background, returning RGB."""
-    rgba = im.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+def find_images(root: str | os.PathLike[str], *, follow_symlinks: bool = False) -> list[Path]:
+    """The image files under ``root`` (see :func:`scan_images`; what it skips is logged, not returned).
 
-
-def _to_8bit_grey(im: Image.Image) -> Image.Image:
-    """Map 16-bit, 32-bit integer and float greyscale images to 8-bit L without clipping detail away."""
-    arr = np.asarray(im, dtype=np.float64)
-    if im.mode.startswith("I;16"):
-        scale = 65535.0
-    elif im.mode == "F":
-        hi = float(np.nanmax(arr)) if arr.size else 1.0
-        scale = 1.0 if hi <= 1.0 else max(hi, 255.0)
-    else:  # "I": 32-bit integers, commonly 16-bit data
-        hi = float(arr.max()) if arr.size else 255.0
-        scale = 255.0 if hi <= 255 else (65535.0 if hi <= 65535 else hi)
-    arr = np.nan_to_num(arr / scale * 255.0)
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_mode(im: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow image to 8-bit RGB (``channels=3``) or L (``channels=1``).
-
-    Transparent pixels become white; palette images with a transparent colour are treated as alpha.
+    Raises:
+        LookalikeError: the folder is missing, is not a folder, is empty, or holds no images it can read.
     """
-    mode = im.mode
-    if mode in ("P", "L", "RGB") and "transparency" in im.info:  # a transparent colour (PNG tRNS)
-        im = _flatten_alpha(im)
-    elif mode == "P":
-        im = im.convert("RGB")
-    elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        im = _flatten_alpha(im)
-    elif mode in ("I", "F") or mode.startswith("I;16"):
-        im = _to_8bit_grey(im)
-    elif mode not in ("RGB", "L"):
-        im = im.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV, ...
-    target = "RGB" if channels == 3 else "L"
-    return im if im.mode == target else im.convert(target)
+    scan = scan_images(root, follow_symlinks=follow_symlinks)
+    for path, why in scan.skipped:
+        logger.info("skipped %s: %s", display_path(path), why)
+    if not scan.files:
+        raise LookalikeError(
+            f"{display_path(Path(root).expanduser())}: no readable images ({len(scan.skipped)} skipped, the first: "
+            f"{display_path(scan.skipped[0][0])}: {scan.skipped[0][1]})"
+        )
+    return scan.files
 
 
 def decode_image(
@@ -128,36 +177,23 @@ def decode_image(
 ) -> Image.Image:
     """Decode an image file (or its bytes) to an oriented 8-bit RGB or L Pillow image.
 
+    The policy is :mod:`lookalike.decoding`'s: regular files of at most ``MAX_FILE_BYTES``, the accepted
+    formats, at most ``MAX_PIXELS`` decoded pixels, ICC profiles to sRGB, EXIF orientation, any mode.
+
     Args:
         source: a path, or the file's bytes.
         channels: 3 for RGB, 1 for greyscale.
-        draft_size: when set, JPEGs are decoded at the smallest scale that is still at least this big
-            (much faster for large photos that will be shrunk anyway).
+        draft_size: the size the image will be resized to: large images are decoded (JPEG) and shrunk by
+            whole factors towards it (much faster for large photos that will be shrunk anyway).
         name: the file name to put in error messages when ``source`` is bytes.
 
     Raises:
-        ImageDecodeError: the file is missing, not an image, truncated, or too large.
+        ImageDecodeError: the file is missing, not a regular file, not an image, truncated, or too large.
     """
-    label = name if name is not None else source if not isinstance(source, bytes) else "<bytes>"
-    try:
-        fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(fp) as im:
-            if draft_size and im.format == "JPEG":
-                im.draft("RGB" if channels == 3 else "L", (draft_size, draft_size))
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_mode(im, channels)
-    except FileNotFoundError:
-        raise ImageDecodeError(label, "file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(label, "is a folder, not an image file") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(label, "not an image file Pillow can read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(label, f"refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ImageDecodeError(label, f"cannot decode ({reason})") from None
+    if isinstance(source, bytes):
+        label = name if name is not None else "<bytes>"
+        return decode_bytes(source, channels, draft_size=draft_size, name=label).image
+    return decode_file(source, channels, draft_size=draft_size)[0].image
 
 
 def thumbnail(path: str | os.PathLike[str], channels: int = 3, size: int = 96) -> np.ndarray:
@@ -199,14 +235,7 @@ def load_pixels(
     Raises:
         ImageDecodeError: the file cannot be read or decoded.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(path, "is a folder, not an image file") from None
-    except OSError as exc:
-        raise ImageDecodeError(path, f"cannot read ({exc.strerror or exc})") from None
+    raw = read_file(path)
     digest = hashlib.sha256(raw).hexdigest() if with_hash else None
     im = decode_image(raw, prep.channels, draft_size=prep.image_size, name=path)
     return image_to_array(im, prep), digest

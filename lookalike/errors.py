@@ -1,4 +1,28 @@
-"""User-facing errors."""
+"""User-facing errors, and how a file name is written in one."""
+
+from __future__ import annotations
+
+import os
+
+
+def display_path(path: object) -> str:
+    """A file name as one printable line: bytes that are not UTF-8 as ``\\xff``, control characters
+    (a newline in a name) as ``\\n`` or ``\\x1b``, everything else as it is.
+
+    Python hands undecodable bytes of file names around as lone surrogates (``os.fsdecode``), which
+    cannot be printed or written as UTF-8; this is the one place that turns them into text.
+    """
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    text = str(text)
+    if text.isprintable():
+        return text
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that are no escaped bytes
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class LookalikeError(Exception):
@@ -6,9 +30,15 @@ class LookalikeError(Exception):
 
 
 class ImageDecodeError(LookalikeError):
-    """An image file that cannot be read, with the file and the reason."""
+    """An image file that cannot be read, with the file, the reason and what kind of refusal it is.
 
-    def __init__(self, path: object, reason: str) -> None:
+    ``kind`` is one of ``unreadable`` (missing, permission, not a regular file), ``not-image``, ``unsupported``
+    (an image format lookalike does not read), ``too-large`` (file size or pixels over the limit) and
+    ``corrupt`` (truncated or damaged).
+    """
+
+    def __init__(self, path: object, reason: str, *, kind: str = "corrupt") -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        self.kind = kind
+        super().__init__(f"{display_path(path)}: {reason}")

@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -35,9 +35,10 @@ from ._callbacks import emit
 from ._fs import make_temp_dir
 from ._version import __version__
 from .catalog import Catalog, CatalogEntry, SkippedFile, label_for
-from .data import find_images, is_image_file, thumbnail
+from .data import find_images, is_image_file, scan_images, thumbnail
+from .decoding import open_indexed_file
 from .embed import embed_files
-from .errors import LookalikeError
+from .errors import LookalikeError, display_path
 from .index import ExactIndex
 from .metrics import DEFAULT_KS, EvaluationResult, check_options, evaluate_vectors
 from .models import Model
@@ -56,7 +57,7 @@ from .store import (
     read_vectors,
     replace_dir,
 )
-from .updates import UpdateSummary, candidate_relatives, scan_folder, states_of_paths, synchronize
+from .updates import FolderStates, UpdateSummary, candidate_relatives, scan_folder, states_of_paths, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def _model_from(model: str | os.PathLike[str]) -> Model:
     return Model.load(model)
 
 
-def _new_manifest(model: Model, root: Path) -> dict[str, Any]:
+def _new_manifest(model: Model, root: Path, follow_symlinks: bool = False) -> dict[str, Any]:
     """The manifest of a new index of ``root`` made with ``model`` (at its current precision)."""
     return {
         "format": INDEX_FORMAT,
@@ -197,6 +198,7 @@ def _new_manifest(model: Model, root: Path) -> dict[str, Any]:
         "lookalike_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "root": str(root),
+        "follow_symlinks": follow_symlinks,  # links to files outside the root are indexed (and served)
         "count": 0,
         "skipped": [],
         "backend": "exact",
@@ -252,10 +254,11 @@ def _update_dir(
     directory: Path,
     model: Model,
     root: Path,
-    states: Sequence[tuple[str, int, int]],
+    scan: FolderStates,
     *,
     full: bool,
     remove: Sequence[str] = (),
+    follow_symlinks: bool | None = None,
     batch_size: int = 256,
     num_workers: int = 1,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -264,12 +267,14 @@ def _update_dir(
     """Synchronise the index folder ``directory`` (format 2) and rewrite its manifest."""
     manifest = read_json(directory / MANIFEST_NAME, "index manifest")
     with StoreWriter(directory, model.embedding_dim) as writer:
+        if follow_symlinks is None:
+            follow_symlinks = bool(manifest.get("follow_symlinks", False))
         if manifest.get("complete", True) or manifest.get("root") != str(root):
             # Mark the run as under way: an interrupted one is reported by Index.load.
             manifest.update(root=str(root), complete=False)
             atomic_write_json(directory / MANIFEST_NAME, manifest)
         summary = synchronize(
-            writer, model, root, states, full=full, remove=remove, batch_size=batch_size,
+            writer, model, root, scan.files, full=full, refused=scan.refused, remove=remove, batch_size=batch_size,
             num_workers=num_workers, shard_size=shard_size, callbacks=callbacks,
         )  # fmt: skip
         summary.count = len(writer.catalog)
@@ -279,6 +284,7 @@ def _update_dir(
             count=summary.count,
             skipped=[{"path": str(root / s.path), "reason": s.reason} for s in writer.catalog.skipped()],
             embed_seconds=round(summary.seconds, 3),
+            follow_symlinks=follow_symlinks,
             complete=True,
         )
         atomic_write_json(directory / MANIFEST_NAME, manifest)
@@ -296,6 +302,7 @@ def update_index(
     num_workers: int = 1,
     precision: str = "auto",
     shard_size: int = DEFAULT_SHARD_SIZE,
+    follow_symlinks: bool | None = None,
     callbacks: Sequence[Any] = (),
 ) -> UpdateSummary:
     """Write or update the index of ``folder`` in ``out_dir`` without loading its vectors (what the CLI runs).
@@ -311,9 +318,12 @@ def update_index(
     """
     out = Path(out_dir).expanduser()
     check_index_target(out)
-    states = scan_folder(Path(folder).expanduser())  # a missing or empty folder fails before any work
-    root = Path(folder).expanduser().resolve()
     manifest = read_json(out / MANIFEST_NAME, "index manifest") if is_index_dir(out) else None
+    if follow_symlinks is None:  # the index's own choice, or not following for a new one
+        follow_symlinks = bool((manifest or {}).get("follow_symlinks", False))
+    # a missing or empty folder fails before any work
+    states = scan_folder(Path(folder).expanduser(), follow_symlinks=follow_symlinks)
+    root = Path(folder).expanduser().resolve()
     version = manifest.get("format_version") if manifest is not None else None
     if manifest is not None and version not in (INDEX_FORMAT_VERSION, *OLD_FORMAT_VERSIONS):
         raise LookalikeError(
@@ -339,8 +349,9 @@ def update_index(
                 f"{out}: index was built with {manifest.get('precision')} embeddings, not {model.precision}; "
                 "write to another index directory (-o) or start over (--rebuild)"
             )
-        return _update_dir(out, model, root, states, full=True, batch_size=batch_size, num_workers=num_workers,
-                           shard_size=shard_size, callbacks=callbacks)  # fmt: skip
+        return _update_dir(out, model, root, states, full=True, follow_symlinks=follow_symlinks,
+                           batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
+                           callbacks=callbacks)  # fmt: skip
     model.set_precision(precision)
     fresh = manifest is None
     if manifest is not None:
@@ -348,14 +359,17 @@ def update_index(
         logger.info("%s: writing a new index (%s); the old one stays until it is complete", out, why)
     target = out if fresh else make_temp_dir(out)
     try:
+        new_manifest = _new_manifest(model, root, follow_symlinks)
         if fresh:
-            create_store(out, model, _new_manifest(model, root))
+            create_store(out, model, new_manifest)
         else:
-            init_store(target, model, _new_manifest(model, root))
-        summary = _update_dir(target, model, root, states, full=True, batch_size=batch_size,
-                              num_workers=num_workers, shard_size=shard_size, callbacks=callbacks)  # fmt: skip
+            init_store(target, model, new_manifest)
+        summary = _update_dir(target, model, root, states, full=True, follow_symlinks=follow_symlinks,
+                              batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
+                              callbacks=callbacks)  # fmt: skip
         if summary.count == 0:
-            raise LookalikeError(f"{root}: none of the {len(states)} image files could be read")
+            n = len(states.files) + len(states.refused)
+            raise LookalikeError(f"{display_path(root)}: none of the {n} image files could be read")
         if not fresh:
             replace_dir(target, out)
     except BaseException as exc:
@@ -417,6 +431,7 @@ class Index:
         num_workers: int = 1,
         precision: str = "auto",
         shard_size: int = DEFAULT_SHARD_SIZE,
+        follow_symlinks: bool | None = None,
         callbacks: Sequence[Any] = (),
     ) -> Index:
         """Index every image under ``folder``; with ``out_dir``, write the index there or bring it up to date.
@@ -440,6 +455,9 @@ class Index:
                 natively; for an existing index, the precision it was built with); recorded in the
                 manifest so queries are encoded the same way.
             shard_size: vectors per shard file (and per commit).
+            follow_symlinks: index links to files outside ``folder`` too (by default they are skipped and
+                reported; a link inside the folder is always followed); None keeps an existing index's
+                choice. Recorded in the manifest: the server then serves those files too.
             callbacks: objects with optional ``on_embed(done, total)`` and ``on_skip(path, reason)``
                 (and the training callbacks when a model is trained first).
 
@@ -453,13 +471,18 @@ class Index:
         if out_dir is not None:
             summary = update_index(
                 folder, model, out_dir, rebuild=rebuild, batch_size=batch_size, num_workers=num_workers,
-                precision=precision, shard_size=shard_size, callbacks=callbacks,
+                precision=precision, shard_size=shard_size, follow_symlinks=follow_symlinks, callbacks=callbacks,
             )  # fmt: skip
             index = cls.load(out_dir, model=model if isinstance(model, Model) else None)
             index.last_update = summary
             return index
-        paths = find_images(folder)
+        scan = scan_images(folder, follow_symlinks=bool(follow_symlinks))
+        paths = scan.files
+        for path, reason in scan.skipped:
+            emit(callbacks, "on_skip", path, reason)
         root = Path(folder).expanduser().resolve()
+        if not paths:
+            raise LookalikeError(f"{display_path(root)}: none of the {len(scan.skipped)} image files could be read")
         if model is None:
             from .training import train
 
@@ -478,15 +501,16 @@ class Index:
             entries.append(CatalogEntry(new_id, rel, st.st_size, st.st_mtime_ns, digest, label_for(rel)))
         vectors = ExactIndex(model.embedding_dim)
         vectors.add(result.vectors, np.arange(len(entries)))
-        manifest = _new_manifest(model, root)
+        manifest = _new_manifest(model, root, bool(follow_symlinks))
         manifest.update(
             count=len(entries),
-            skipped=[{"path": str(p), "reason": r} for p, r in result.failures],
+            skipped=[{"path": str(p), "reason": r} for p, r in [*scan.skipped, *result.failures]],
             embed_seconds=round(result.seconds, 3),
         )
         index = cls(model, vectors, entries, root, manifest)
         index.last_update = UpdateSummary(
-            added=len(entries), skipped=len(result.failures), embedded=len(entries), count=len(entries),
+            added=len(entries), skipped=len(scan.skipped) + len(result.failures), embedded=len(entries),
+            count=len(entries),
             rebuilt=True, seconds=result.seconds,
         )  # fmt: skip
         return index
@@ -690,7 +714,7 @@ class Index:
         """
         directory = self._writable_dir()
         root = Path(folder).expanduser() if folder is not None else self.root
-        states = scan_folder(root)
+        states = scan_folder(root, follow_symlinks=self.follow_symlinks)
         root = root.resolve()
         summary = _update_dir(directory, self.model, root, states, full=True, batch_size=batch_size,
                               num_workers=num_workers, shard_size=shard_size, callbacks=callbacks)  # fmt: skip
@@ -713,7 +737,7 @@ class Index:
         directory = self._writable_dir()
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
-        states = states_of_paths(self.root, paths)
+        states = states_of_paths(self.root, paths, follow_symlinks=self.follow_symlinks)
         summary = _update_dir(directory, self.model, self.root, states, full=False, batch_size=batch_size,
                               num_workers=num_workers, shard_size=shard_size, callbacks=callbacks)  # fmt: skip
         return self._refresh(summary)
@@ -737,7 +761,7 @@ class Index:
             if rel is None:
                 raise LookalikeError(f"{path}: no indexed image there")
             relatives.append(rel)
-        summary = _update_dir(directory, self.model, self.root, [], full=False, remove=relatives)
+        summary = _update_dir(directory, self.model, self.root, FolderStates([], []), full=False, remove=relatives)
         return self._refresh(summary)
 
     def _names_rows(self, rel: str) -> bool:
@@ -757,14 +781,39 @@ class Index:
         """Absolute path of an indexed image."""
         return self.root / self.entries[int(id_)].path
 
+    def open_file(self, id_: int) -> BinaryIO | None:
+        """The indexed file of an id, opened, only while it is still the file that was indexed; else None.
+
+        Its catalog path must stay inside the indexed folder, resolve inside it (unless the index was
+        built with ``follow_symlinks``), be a regular file and keep the row's size and mtime: a file
+        swapped for a link to ``/etc/passwd``, a FIFO, or other content is refused (see
+        :func:`lookalike.decoding.open_indexed_file`). The caller closes the file.
+        """
+        e = self.entries.get(int(id_))
+        if e is None:
+            return None
+        return open_indexed_file(
+            self.root, e.path, size=e.size, mtime_ns=e.mtime_ns, follow_outside=self.follow_symlinks
+        )
+
+    @property
+    def follow_symlinks(self) -> bool:
+        """Whether the folder was indexed following symbolic links that leave it."""
+        return bool(self.manifest.get("follow_symlinks", False))
+
     def id_of(self, path: str | os.PathLike[str]) -> int | None:
         """The id of an indexed file given its path (absolute, or relative to the root), or None."""
         p = Path(path).expanduser()
-        try:
-            rel = (p.resolve() if p.is_absolute() or p.exists() else self.root / p).relative_to(self.root)
-        except ValueError:
-            return None
-        return self._by_path.get(rel.as_posix())
+        if not p.is_absolute() and not p.exists():
+            p = self.root / p
+        for form in (Path(os.path.abspath(p)), p.resolve()):  # the link's own path first, then its target
+            try:
+                rel = form.relative_to(self.root).as_posix()
+            except ValueError:
+                continue
+            if rel in self._by_path:
+                return self._by_path[rel]
+        return None
 
     def _embed_queries(self, queries: Sequence[Query], threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw query vectors and, per query, its own id in the index (or -1)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
 import time
@@ -32,15 +31,18 @@ from typing import Any
 
 import numpy as np
 
+from ._callbacks import emit
 from .catalog import CatalogEntry, Located, SkippedFile, label_for
-from .data import find_images, is_image_file
+from .data import file_problem, is_image_file, scan_images
+from .decoding import sha256_file
 from .embed import iter_embedded
-from .errors import LookalikeError
+from .errors import ImageDecodeError, LookalikeError, display_path
 from .store import StoreWriter
 
 logger = logging.getLogger(__name__)
 
 FileState = tuple[str, int, int]  # relative POSIX path, size in bytes, mtime in nanoseconds
+Refused = tuple[FileState, str]  # a file refused before reading, and why
 
 
 @dataclass
@@ -74,15 +76,6 @@ class UpdateSummary:
         )
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _states(root: Path, paths: Sequence[Path]) -> list[FileState]:
     """(relative path, size, mtime) of each file under ``root``; files that vanished are left out."""
     prefix = len(str(root)) + 1
@@ -96,14 +89,38 @@ def _states(root: Path, paths: Sequence[Path]) -> list[FileState]:
     return out
 
 
-def scan_folder(root: Path) -> list[FileState]:
-    """Every image file under ``root`` (resolved), as (relative path, size, mtime), sorted by path.
+def _refused_states(root: Path, refused: Sequence[tuple[Path, str]]) -> list[Refused]:
+    """What a scan refused (links out, special files), as (relative path, size, mtime) + reason: the
+    link's own size and mtime, so a record stays valid until the link changes."""
+    prefix = len(str(root)) + 1
+    out: list[Refused] = []
+    for p, why in refused:
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        out.append(((str(p)[prefix:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns), why))
+    return out
+
+
+@dataclass
+class FolderStates:
+    """A scanned folder: the files to index and those refused before reading."""
+
+    files: list[FileState]
+    refused: list[Refused]
+
+
+def scan_folder(root: Path, *, follow_symlinks: bool = False) -> FolderStates:
+    """Every image file under ``root`` (resolved), as (relative path, size, mtime), sorted by path, and
+    the files refused before reading (see :func:`lookalike.data.scan_images`).
 
     Raises:
         LookalikeError: the folder is missing, empty or holds no images.
     """
-    files = find_images(root)  # fails on a missing or empty folder before resolving it
-    return _states(Path(root).expanduser().resolve(), files)
+    scan = scan_images(root, follow_symlinks=follow_symlinks)  # fails on a missing or empty folder first
+    resolved = Path(root).expanduser().resolve()
+    return FolderStates(_states(resolved, scan.files), _refused_states(resolved, scan.skipped))
 
 
 def candidate_relatives(root: Path, path: str | os.PathLike[str]) -> list[str]:
@@ -125,35 +142,59 @@ def candidate_relatives(root: Path, path: str | os.PathLike[str]) -> list[str]:
             if rel not in out:
                 out.append(rel)
     if not out:
-        raise LookalikeError(f"{path}: not inside the indexed folder {root}")
+        raise LookalikeError(f"{display_path(path)}: not inside the indexed folder {display_path(root)}")
     return out
 
 
-def states_of_paths(root: Path, paths: Sequence[str | os.PathLike[str]]) -> list[FileState]:
-    """The image files named by ``paths`` (files, or folders searched recursively) under ``root``.
+def _place(root: Path, path: str | os.PathLike[str]) -> Path:
+    """Where a path given to ``add`` is: absolute, relative to the current folder, or else to ``root``;
+    ``..`` taken lexically and links in its folders resolved, but not a link that the path itself is.
+
+    Raises:
+        LookalikeError: nothing is there, or it is outside the indexed folder.
+    """
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        here = Path.cwd() / p
+        p = here if os.path.lexists(here) or not os.path.lexists(root / p) else root / p
+    absolute = Path(os.path.abspath(p))
+    if not os.path.lexists(absolute):
+        raise LookalikeError(f"{display_path(path)}: no such file or folder")
+    placed = absolute if absolute == root else Path(os.path.realpath(absolute.parent)) / absolute.name
+    if placed != root and root not in placed.parents:
+        raise LookalikeError(f"{display_path(path)}: not inside the indexed folder {display_path(root)}")
+    return placed
+
+
+def states_of_paths(
+    root: Path, paths: Sequence[str | os.PathLike[str]], *, follow_symlinks: bool = False
+) -> FolderStates:
+    """The image files named by ``paths`` (files, or folders searched recursively) under ``root``, and
+    those of them refused before reading (links out of the folder, FIFOs, devices), with the reason.
 
     Raises:
         LookalikeError: a path that does not exist, is outside the indexed folder, or is not an image file.
     """
     found: dict[str, FileState] = {}
+    refused: dict[str, Refused] = {}
     for path in paths:
-        p = Path(path).expanduser()
-        if not p.exists() and not p.is_absolute() and (root / p).exists():
-            p = root / p
-        if not p.exists():
-            raise LookalikeError(f"{path}: no such file or folder")
-        rel = candidate_relatives(root, p)[0]  # refuses paths outside the root
-        if p.is_dir():
-            files = find_images(root / rel)
-            if any(not str(f).startswith(str(root) + os.sep) for f in files):
-                raise LookalikeError(f"{path}: not inside the indexed folder {root}")
-        elif is_image_file(p):
-            files = [root / rel]
+        p = _place(root, path)
+        if p.is_dir() and not p.is_symlink():
+            scan = scan_images(p, follow_symlinks=follow_symlinks, links_inside=root)
+            files, skipped = scan.files, scan.skipped
+        elif not is_image_file(p):
+            raise LookalikeError(f"{display_path(path)}: not an image file (by its extension)")
         else:
-            raise LookalikeError(f"{path}: not an image file (by its extension)")
+            problem = file_problem(p, root, follow_symlinks=follow_symlinks)
+            files, skipped = ([], [(p, problem)]) if problem else ([p], [])
         for state in _states(root, files):
             found[state[0]] = state
-    return sorted(found.values(), key=lambda s: s[0].split("/"))
+        for item in _refused_states(root, skipped):
+            refused[item[0][0]] = item
+    order = lambda rel: rel.split("/")  # noqa: E731
+    return FolderStates(
+        sorted(found.values(), key=lambda st: order(st[0])), sorted(refused.values(), key=lambda r: order(r[0][0]))
+    )
 
 
 @dataclass(slots=True)
@@ -229,6 +270,7 @@ def synchronize(
     states: Sequence[FileState],
     *,
     full: bool,
+    refused: Sequence[Refused] = (),
     remove: Sequence[str] = (),
     batch_size: int = 256,
     num_workers: int = 1,
@@ -243,6 +285,8 @@ def synchronize(
         root: the indexed folder (resolved).
         states: (relative path, size, mtime) of the files to index.
         full: ``states`` is the whole folder: rows of files not in it are removed (and can be moves).
+        refused: files found but refused before reading (a link out of the folder, a FIFO), with the
+            reason: recorded as skipped, counted, reported, and a row they had is removed.
         remove: relative paths (files or folders) whose rows to remove (``lookalike remove``).
         batch_size: images per forward pass.
         num_workers: DataLoader processes decoding images.
@@ -256,24 +300,36 @@ def synchronize(
     summary = UpdateSummary(leftovers_removed=writer.leftovers)
     catalog = writer.catalog
     known = catalog.file_states()  # path -> (id, size, mtime)
-    skipped_known = catalog.skipped_states()
+    skipped_known = {s.path: s for s in catalog.skipped()}
     candidates: list[FileState] = []
     for state in states:
         rel, size, mtime = state
         old = known.get(rel)
+        record = skipped_known.get(rel)
         if old is not None and old[1] == size and old[2] == mtime:
             summary.unchanged += 1
-        elif old is None and skipped_known.get(rel) == (size, mtime):
-            summary.skipped += 1
+        elif old is None and record is not None and (record.size, record.mtime_ns) == (size, mtime):
+            summary.skipped += 1  # tried before, unchanged since: not read again, reported again
+            emit(callbacks, "on_skip", root / rel, record.reason)
         else:
             candidates.append(state)
-    # Rows whose file is gone (their content may turn up elsewhere) or changed.
+    refusals: list[SkippedFile] = []
+    for (rel, size, mtime), reason in refused:
+        summary.skipped += 1
+        emit(callbacks, "on_skip", root / rel, reason)
+        record = skipped_known.get(rel)
+        if record is None or (record.size, record.mtime_ns, record.reason) != (size, mtime, reason):
+            refusals.append(SkippedFile(rel, size, mtime, reason))
+    refused_paths = {r[0][0] for r in refused}
+    # Rows whose file is gone (their content may turn up elsewhere), changed, or refused now.
     unskip: list[str] = []
     if full:
         present = {s[0] for s in states}
         gone = [v[0] for p, v in known.items() if p not in present]
-        unskip += [p for p in skipped_known if p not in present]
+        unskip += [p for p in skipped_known if p not in present and p not in refused_paths]
         del present
+    elif refused_paths:
+        gone = [known[p][0] for p in refused_paths if p in known]
     else:
         gone = []
     explicit: set[int] = set()
@@ -289,7 +345,7 @@ def synchronize(
     digests: dict[str, str] = {}
     for rel, size, _ in candidates:
         if size in sizes:
-            with contextlib.suppress(OSError):  # the encoder's loader reports it
+            with contextlib.suppress(OSError, ImageDecodeError):  # the encoder's loader reports it
                 digests[rel] = sha256_file(root / rel)
     released_by_sha: dict[str, list[int]] = defaultdict(list)
     for id_ in sorted(released):
@@ -333,8 +389,8 @@ def synchronize(
     summary.removed += len(delete)
     unskip += [x.entry.path for x in claimed.values() if x.entry.path in skipped_known]
     moved_rows = [x for x in claimed.values() if x != released[x.entry.id]]
-    if delete or moved_rows or unskip:
-        writer.commit(put=moved_rows, delete_ids=delete, unskip=sorted(set(unskip)))
+    if delete or moved_rows or unskip or refusals:
+        writer.commit(put=moved_rows, delete_ids=delete, unskip=sorted(set(unskip)), skip=refusals)
     del known, released_by_sha, digests
 
     # New vectors, shard by shard: copies of stored vectors first, then the encoder's.

@@ -20,6 +20,7 @@ from lookalike.data import (
     decode_image,
     denormalize,
     find_images,
+    scan_images,
     image_loader,
     load_pixels,
     normalize,
@@ -51,7 +52,8 @@ def rgb(im: Image.Image) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ find_images
 PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-              ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF"}  # fmt: skip
+              ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".avif": "AVIF",
+              ".heic": "PNG", ".heif": "PNG"}  # fmt: skip (finding goes by name; the bytes decide the format)
 
 
 def test_find_images_recursive_all_extensions_sorted(tmp_path):
@@ -60,7 +62,7 @@ def test_find_images_recursive_all_extensions_sorted(tmp_path):
         for name in (f"img{i}{ext}", f"UP{i}{ext.upper()}"):
             sub = tmp_path / ("deep/er" if i % 2 else "top")
             expected.append(save(solid(), sub / name, format=PIL_FORMAT[ext]))
-    assert len(expected) == 16
+    assert len(expected) == 2 * len(IMAGE_EXTENSIONS)
     save(solid(), tmp_path / "root.png")
     expected.append(tmp_path / "root.png")
     # hidden files and folders, and non-images, are skipped
@@ -77,18 +79,40 @@ def test_find_images_recursive_all_extensions_sorted(tmp_path):
     assert all(p.is_absolute() for p in found)
 
 
-def test_find_images_follows_file_links_not_folder_links(tmp_path):
+def test_scan_follows_links_inside_skips_links_out_unless_asked_never_folder_links(tmp_path):
     outside = tmp_path / "outside"
     save(solid(), outside / "elsewhere.png")
     root = tmp_path / "root"
     save(solid(), root / "real.png")
     try:
         os.symlink(outside / "elsewhere.png", root / "link.png")
+        os.symlink(root / "real.png", root / "inside.png")
         os.symlink(outside, root / "linked_dir", target_is_directory=True)
+        os.symlink(root / "gone.png", root / "dangling.png")
+        os.symlink(root / "loop_b.png", root / "loop_a.png")
+        os.symlink(root / "loop_a.png", root / "loop_b.png")
     except OSError:  # pragma: no cover - platforms without symlinks
         pytest.skip("symlinks not available")
-    names = [p.name for p in find_images(root)]
-    assert names == ["link.png", "real.png"]
+    scan = scan_images(root)
+    assert [p.name for p in scan.files] == ["inside.png", "real.png"]
+    reasons = {p.name: why for p, why in scan.skipped}
+    assert set(reasons) == {"link.png", "dangling.png", "loop_a.png", "loop_b.png"}
+    assert "outside the folder" in reasons["link.png"] and "--follow-symlinks" in reasons["link.png"]
+    assert "broken symbolic link" in reasons["dangling.png"]
+    assert reasons["loop_a.png"] == reasons["loop_b.png"] == "symbolic link loop"
+    followed = scan_images(root, follow_symlinks=True)
+    assert [p.name for p in followed.files] == ["inside.png", "link.png", "real.png"]
+    assert [p.name for p in find_images(root)] == ["inside.png", "real.png"]
+
+
+def test_scan_reports_special_files_without_opening_them(tmp_path):
+    save(solid(), tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "fifo.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    scan = scan_images(tmp_path)  # would block forever on the FIFO, or read /dev/zero without end
+    assert [p.name for p in scan.files] == ["ok.png"]
+    reasons = {p.name: why for p, why in scan.skipped}
+    assert reasons == {"fifo.jpg": "not a regular file (FIFO)", "zero.jpg": "not a regular file (a link to a character device)"}
 
 
 def test_find_images_errors_name_the_path_and_reason(tmp_path):
