@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import LookalikeError, display_path
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then rename."""
@@ -33,12 +35,46 @@ def current_umask() -> int:
     return mask
 
 
+def make_dirs(path: str | os.PathLike[str]) -> None:
+    """``mkdir -p``, failing in one line that names the part of the path at fault.
+
+    Raises:
+        LookalikeError: a part of the path is a file, the folder cannot be created there (permission,
+            read-only or virtual file system such as ``/proc``), or the disk is full.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    except OSError as exc:
+        error = exc
+    for part in [path, *path.parents]:
+        if os.path.lexists(part):
+            if part == path and not part.is_dir():
+                raise LookalikeError(f"{display_path(path)}: is a file, not a folder") from None
+            if not part.is_dir():
+                raise LookalikeError(
+                    f"{display_path(path)}: cannot create this folder: {display_path(part)} is a file, not a folder"
+                ) from None
+            raise LookalikeError(
+                f"{display_path(path)}: cannot create this folder in {display_path(part)} ({error.strerror or error})"
+            ) from None
+    raise LookalikeError(f"{display_path(path)}: cannot create this folder ({error.strerror or error})") from None
+
+
 def make_temp_dir(final: Path) -> Path:
     """A temporary folder beside ``final`` (same file system, so it can be renamed into place), with the
-    permissions a plain ``mkdir`` would give it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
+    permissions a plain ``mkdir`` would give it.
+
+    Raises:
+        LookalikeError: the folder ``final`` would be in cannot be created or written (one line).
+    """
+    make_dirs(final.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())
+    except OSError as exc:
+        raise LookalikeError(f"{display_path(final)}: cannot write there ({exc.strerror or exc})") from None
     return tmp
 
 
@@ -77,3 +113,51 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- child processes
+_LOCK_FDS: set[int] = set()  # descriptors holding flock()s that child processes must not keep alive
+
+
+def hold_lock_fd(fd: int) -> None:
+    """Remember a descriptor that holds an ``flock``: forked workers close their copy at start-up.
+
+    A lock taken with ``flock`` belongs to the open file, which a forked child shares: a decoding
+    worker that outlived its killed parent would otherwise keep the index locked.
+    """
+    _LOCK_FDS.add(fd)
+
+
+def release_lock_fd(fd: int) -> None:
+    """Forget a descriptor given to :func:`hold_lock_fd` (before closing it)."""
+    _LOCK_FDS.discard(fd)
+
+
+def worker_start(_worker_id: int = 0) -> None:
+    """Run first in every forked worker process (a DataLoader's ``worker_init_fn``).
+
+    Closes the worker's copies of the parent's lock descriptors, so the lock dies with the process that
+    took it, and asks Linux to kill the worker when its parent dies (``PR_SET_PDEATHSIG``), so no worker
+    outlives a ``kill -9`` of its parent.
+    """
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc Linux: workers still stop when they notice the parent is gone
+        return
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)

@@ -32,7 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .errors import LookalikeError
+from .errors import LookalikeError, display_path
 
 app = typer.Typer(
     name="lookalike",
@@ -55,7 +55,7 @@ PRESET_NAMES = ("default", "denoising", "cifar-seed", "mnist-seed", "dense-laten
 
 def _fail(message: str) -> typer.Exit:
     # escape: messages carry file names and hints such as lookalike[serve], never rich markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(display_path(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -68,6 +68,9 @@ def handles_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except LookalikeError as exc:
             raise _fail(str(exc)) from None
+        except OSError as exc:  # a file system refusal the library did not word itself: still one line
+            where = exc.filename if exc.filename is not None else "lookalike"
+            raise _fail(f"{display_path(where)}: {exc.strerror or exc}") from None
         except KeyboardInterrupt:
             raise _fail("interrupted; anything already saved is unchanged") from None
 
@@ -133,7 +136,8 @@ class ConsoleCallbacks:
         if path in self.skipped:
             return
         self.skipped.add(path)
-        self.progress.console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
+        line = escape(display_path(f"{path}: {reason}"))  # names may hold newlines, bytes or [markup]
+        self.progress.console.print(f"[yellow]skipped[/] {line}", highlight=False, soft_wrap=True)
 
     def on_decode(self, done: int, total: int) -> None:
         self.progress.update(self._task("decode", total, "decoding"), completed=done)
@@ -334,6 +338,15 @@ def index(
     shard_size: Annotated[
         int, typer.Option(help="Vectors per shard file and per commit (what an interrupted run can lose).", min=1)
     ] = 4096,
+    follow_symlinks: Annotated[
+        bool | None,
+        typer.Option(
+            "--follow-symlinks/--no-follow-symlinks",
+            help="Index symbolic links to files outside FOLDER too (by default they are skipped and reported; "
+            "links inside FOLDER are always followed). The server then serves those files. Default: the "
+            "index's own choice, off for a new index.",
+        ),
+    ] = None,
 ) -> None:
     """Embed every image in FOLDER and write a searchable index, or bring an existing one up to date.
 
@@ -342,7 +355,9 @@ def index(
     holds an index of FOLDER, only new or changed files are embedded, deleted ones removed and moved or
     renamed ones recognised by content hash. Vectors are committed in shards as they are embedded, so an
     interrupted run continues where it stopped when run again. Unreadable files are skipped and reported,
-    one line each, with a count at the end.
+    one line each, with a count at the end: not images, unsupported formats, corrupt or truncated files,
+    files over 256 MiB or images over 64 megapixels, FIFOs and devices, broken links, and links to files
+    outside FOLDER (see --follow-symlinks). Hidden files and folders are left out.
     """
     from .search import is_index_dir, update_index
 
@@ -362,7 +377,7 @@ def index(
             )  # fmt: skip
         summary = update_index(
             folder, the_model, out, rebuild=rebuild, batch_size=batch_size, num_workers=workers, precision=precision,
-            shard_size=shard_size, callbacks=callbacks,
+            shard_size=shard_size, follow_symlinks=follow_symlinks, callbacks=callbacks,
         )  # fmt: skip
         chosen = _save_backend(out, backend, summary.count, progress)
     _print_summary(summary, out, time.perf_counter() - t0)
@@ -393,8 +408,8 @@ def _save_backend(out: Path, backend: str | None, count: int, progress: Progress
 def _print_summary(summary: Any, out: Path, seconds: float) -> None:
     skipped = summary.skipped
     console.print(
-        f"indexed [bold]{summary.count:,}[/] images into [bold]{_show_path(out)}[/] in {seconds:.1f} s"
-        + (f"; skipped {skipped} unreadable file{'s' if skipped != 1 else ''}" if skipped else ""),
+        f"indexed [bold]{summary.count:,}[/] images into [bold]{escape(display_path(_show_path(out)))}[/] in "
+        f"{seconds:.1f} s" + (f"; skipped {skipped} file{'s' if skipped != 1 else ''}" if skipped else ""),
         highlight=False,
     )
     what = "new index" if summary.rebuilt else "updated"

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ._fs import worker_start
 from .config import Preprocessing
 from .decoding import (
     IMAGE_EXTENSIONS,
@@ -322,6 +323,7 @@ def image_loader(
         collate_fn=collate_images,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
+        worker_init_fn=worker_start if num_workers else None,  # no lock kept, dies with its parent
     )
 
 

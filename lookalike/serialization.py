@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as dump_safetensors
 
-from ._fs import atomic_write_bytes
+from ._fs import atomic_write_bytes, make_dirs
 from ._version import __version__
 from .errors import LookalikeError
 
@@ -73,7 +73,7 @@ def write_model_dir(
     never pairs a config with weights it does not describe.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     data = weights_bytes(state_dict)
     digest = sha256_hex(data)
     full = {

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ._fs import atomic_write_with, current_umask, fsync_dir, make_temp_dir
+from ._fs import atomic_write_with, current_umask, fsync_dir, hold_lock_fd, make_temp_dir, release_lock_fd
 from .catalog import Catalog, CatalogEntry, Located, SkippedFile
 from .errors import LookalikeError
 from .index import ExactIndex
@@ -174,13 +174,15 @@ class StoreWriter:
     def __init__(self, directory: Path, dim: int) -> None:
         self.directory = directory
         self.dim = int(dim)
-        self._lock_fd: int | None = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        self._lock_fd: int | None = os.open(
+            directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask()
+        )
+        hold_lock_fd(self._lock_fd)  # forked decoding workers close their copy: the lock dies with this process
         if fcntl is not None:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+                self._unlock()
                 raise LookalikeError(
                     f"{directory}: another lookalike process is writing this index; wait for it to finish"
                 ) from None
@@ -209,6 +211,7 @@ class StoreWriter:
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
+            release_lock_fd(self._lock_fd)
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ._callbacks import emit
+from ._fs import make_dirs
 from .augment import Augmentation, random_view
 from .config import Preprocessing, TrainConfig
 from .data import arrays_to_pixels, find_images, image_loader, normalize, normalize_unit
@@ -344,11 +345,14 @@ def _holds_model(out_dir: Path | None) -> bool:
 
 
 def _check_output_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> None:
-    """Refuse, before any work, to train over a saved model unless asked to."""
+    """Refuse, before any work, to train over a saved model unless asked to, or into a folder that
+    cannot be made (a part of the path is a file, ``/proc``, no permission): that is created now."""
     if not resume and not overwrite and _holds_model(out_dir):
         raise LookalikeError(
             f"{out_dir}: already holds a model; pass --resume to continue training it or --overwrite to replace it"
         )
+    if out_dir is not None:
+        make_dirs(out_dir)
 
 
 def _clear_old_outputs(out_dir: Path) -> None:
@@ -434,7 +438,7 @@ def train(
     if out is not None:
         if overwrite and not resume and _holds_model(out):
             _clear_old_outputs(out)
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
     return Trainer(model, out, callbacks).fit(data, resume_state=resume_state)
 
 

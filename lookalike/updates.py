@@ -69,10 +69,10 @@ class UpdateSummary:
         return bool(self.added or self.updated or self.moved or self.removed or self.compacted)
 
     def describe(self) -> str:
-        """One line, e.g. ``added 3, updated 1, moved 2, removed 4, unchanged 20, skipped 1 unreadable``."""
+        """One line, e.g. ``added 3, updated 1, moved 2, removed 4, unchanged 20, skipped 1``."""
         return (
             f"added {self.added:,}, updated {self.updated:,}, moved {self.moved:,}, removed {self.removed:,}, "
-            f"unchanged {self.unchanged:,}, skipped {self.skipped:,} unreadable"
+            f"unchanged {self.unchanged:,}, skipped {self.skipped:,}"
         )
 
 

@@ -130,7 +130,7 @@ def test_index_without_model_reports_each_bad_file_once(tmp_path: Path) -> None:
     result = run_cli("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert result.output.count("broken.jpg") == 1
-    assert "skipped 1 unreadable file" in result.output
+    assert "skipped 1 file" in result.output
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(class_folder: Path, tmp_path: Path) -> None:

@@ -1,35 +1,26 @@
 """Checking an uploaded file before and while it is decoded (Pillow only; no web framework here).
 
-The order matters: the size cap is applied while the body is read (see ``app.py``), then
-:func:`decode_upload` identifies the format from the bytes (the declared content type is not trusted),
-refuses unsupported formats, refuses images whose header promises more pixels than the limit (a
-decompression bomb) before any pixel is decoded, verifies the file's structure, and only then decodes it
-exactly as an indexed file is decoded (:func:`lookalike.data.decode_image`: EXIF orientation, modes,
-alpha, JPEG draft at the model's input size).
+The size cap is applied while the body is read (see the gate), then :func:`decode_upload` decodes the
+bytes with the policy every image in lookalike goes through (:func:`lookalike.decoding.decode_bytes`:
+the format from the bytes, not the declared content type; the accepted formats; the pixel limit checked
+from the header before any pixel is decoded; PNG checksums; EXIF orientation, ICC profiles, modes,
+alpha; JPEGs decoded near the model's input size), so an upload is accepted exactly when the same file
+would be indexed, and its refusals map to HTTP statuses.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..config import Preprocessing
-from ..data import decode_image
+from ..decoding import MAX_PIXELS, accepted_formats_text, decode_bytes, decode_cost, human_bytes
 from ..errors import ImageDecodeError
 
-# Pillow format names accepted, and how to say them
-ACCEPTED_FORMATS = {
-    "JPEG": "JPEG",
-    "MPO": "JPEG",  # multi-picture JPEG from phone cameras
-    "PNG": "PNG",
-    "WEBP": "WebP",
-    "GIF": "GIF",
-    "BMP": "BMP",
-    "TIFF": "TIFF",
-}
-ACCEPTED_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+__all__ = ["DecodedUpload", "UploadError", "decode_cost", "decode_upload", "human_bytes", "too_large_message"]
+
+_STATUS = {"not-image": 415, "unsupported": 415, "too-large": 400, "corrupt": 400, "unreadable": 400}
 
 
 class UploadError(Exception):
@@ -45,80 +36,31 @@ class UploadError(Exception):
 class DecodedUpload:
     """An accepted upload, decoded as the model's training images were."""
 
-    image: Image.Image  # oriented 8-bit RGB or L, JPEG-drafted near the model's input size
+    image: Image.Image  # oriented 8-bit RGB or L, decoded near the model's input size
     format: str  # the file's real format (from its bytes)
     width: int  # as stored in the file, before orientation
     height: int
     size_bytes: int
 
 
-def pixel_limit(max_pixels: int) -> int:
-    """The effective pixel limit: the server's, and never above Pillow's own ``Image.MAX_IMAGE_PIXELS``."""
-    pillow = Image.MAX_IMAGE_PIXELS
-    return max_pixels if not pillow else min(max_pixels, int(pillow))
-
-
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    if n >= 1024 * 1024:
-        return f"{n / (1024 * 1024):.3g} MiB"
-    if n >= 1024:
-        return f"{n / 1024:.3g} KiB"
-    return f"{n} bytes"
-
-
 def too_large_message(limit: int) -> str:
     return f"upload too large: the limit is {human_bytes(limit)}"
 
 
-def decode_upload(data: bytes, prep: Preprocessing, *, max_pixels: int) -> DecodedUpload:
+def decode_upload(data: bytes, prep: Preprocessing, *, max_pixels: int = MAX_PIXELS) -> DecodedUpload:
     """Check and decode an uploaded image.
 
     Raises:
-        UploadError: 400 for an empty, truncated or corrupt file or a decompression bomb; 415 for a file
-            that is not an image or whose format is not accepted.
+        UploadError: 400 for an empty, truncated or corrupt file or one over the pixel limit; 415 for a
+            file that is not an image or whose format is not accepted.
     """
     if not data:
         raise UploadError(400, "empty upload: the image field holds no bytes")
-    limit = pixel_limit(max_pixels)
-    fmt = "?"
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format or "?"
-            width, height = im.size
-            if fmt not in ACCEPTED_FORMATS:
-                raise UploadError(415, f"unsupported image type {fmt}; send {ACCEPTED_TEXT}")
-            if width * height > limit:
-                raise UploadError(
-                    400,
-                    f"refused as a decompression bomb: {width}x{height} = {width * height:,} pixels "
-                    f"(the limit is {limit:,})",
-                )
-            im.verify()  # structure and checksums (PNG CRCs, ...) without decoding the pixels
-    except UploadError:
-        raise
-    except UnidentifiedImageError:
-        raise UploadError(415, f"not an image: send {ACCEPTED_TEXT}") from None
-    except Image.DecompressionBombError:
-        raise UploadError(400, f"refused as a decompression bomb (more than {limit:,} pixels)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        what = ACCEPTED_FORMATS.get(fmt, "image")
-        raise UploadError(400, f"truncated or corrupt {what} file ({_reason(exc)})") from None
-    try:
-        image = decode_image(data, prep.channels, draft_size=prep.image_size, name="upload")
+        decoded = decode_bytes(data, prep.channels, draft_size=prep.image_size, name="upload", max_pixels=max_pixels)
     except ImageDecodeError as exc:
         reason = exc.reason
-        if "decompression bomb" in reason:
-            raise UploadError(400, "refused as a decompression bomb") from None
-        raise UploadError(400, f"truncated or corrupt {ACCEPTED_FORMATS[fmt]} file ({_strip_prefix(reason)})") from None
-    return DecodedUpload(image, ACCEPTED_FORMATS[fmt], width, height, len(data))
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:160]
-
-
-def _strip_prefix(reason: str) -> str:
-    reason = reason.removeprefix("cannot decode (").removesuffix(")")
-    return " ".join(reason.split())[:160]
+        if exc.kind == "not-image":
+            reason = f"not an image: send {accepted_formats_text()}"
+        raise UploadError(_STATUS.get(exc.kind, 400), reason) from None
+    return DecodedUpload(decoded.image, decoded.format, decoded.width, decoded.height, len(data))
