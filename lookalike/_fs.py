@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,21 @@ def make_dirs(path: str | os.PathLike[str]) -> None:
                 f"{display_path(path)}: cannot create this folder in {display_path(part)} ({error.strerror or error})"
             ) from None
     raise LookalikeError(f"{display_path(path)}: cannot create this folder ({error.strerror or error})") from None
+
+
+def check_dir_creatable(path: str | os.PathLike[str]) -> None:
+    """Fail now, in one line, when ``path`` cannot become a folder (see :func:`make_dirs`); leaves nothing
+    behind: the folders made to find out are removed again."""
+    path = Path(path)
+    missing = []
+    for part in [path, *path.parents]:
+        if os.path.lexists(part):
+            break
+        missing.append(part)
+    make_dirs(path)
+    for part in missing:  # deepest first
+        with contextlib.suppress(OSError):
+            part.rmdir()
 
 
 def make_temp_dir(final: Path) -> Path:
@@ -141,10 +157,8 @@ def worker_start(_worker_id: int = 0) -> None:
     outlives a ``kill -9`` of its parent.
     """
     for fd in list(_LOCK_FDS):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _LOCK_FDS.clear()
     _die_with_parent()
 

@@ -164,7 +164,10 @@ class Catalog:
             db = _connect(uri, uri=True, check_same_thread=False, timeout=30.0)
             db.execute("SELECT id, path, size, mtime_ns, sha256, label FROM images LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
-            raise LookalikeError(f"{path}: unreadable catalog ({exc})") from None
+            raise LookalikeError(
+                f"{path}: unreadable catalog ({exc}); rebuild the index with `lookalike index FOLDER -o "
+                f"{display_path(path.parent)} --rebuild`"
+            ) from None
         return cls(db, path)
 
     def close(self) -> None:

@@ -218,12 +218,18 @@ def train(
     from .training import train as train_model
 
     with _progress() as progress:
+        callbacks = ConsoleCallbacks(progress)
         model = train_model(
             folder, output, preset=preset, epochs=epochs, image_size=image_size, latent_dim=latent_dim,
             batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction,
-            num_workers=workers, resume=resume, overwrite=overwrite, callbacks=[ConsoleCallbacks(progress)],
+            num_workers=workers, resume=resume, overwrite=overwrite, callbacks=[callbacks],
         )  # fmt: skip
-    console.print(f"model written to [bold]{_show_path(output)}[/] ({model.describe()})", highlight=False)
+    skipped = len(callbacks.skipped)
+    console.print(
+        f"model written to [bold]{escape(display_path(_show_path(output)))}[/] ({model.describe()})"
+        + (f"; skipped {skipped} file{'s' if skipped != 1 else ''}" if skipped else ""),
+        highlight=False,
+    )
     console.print(f"loss curve: {_show_path(Path(output) / 'loss.png')}", highlight=False)
 
 
@@ -1030,12 +1036,29 @@ def serve(
         typer.Option(help="Thumbnail cache folder (default: $LOOKALIKE_CACHE/thumbs/<index fingerprint>)."),
     ] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model directory to check against.")] = None,
+    max_uploads: Annotated[
+        int, typer.Option(help="Uploads received or decoded at once; more wait up to 2 s, then get 503.", min=1)
+    ] = 4,
+    max_decodes: Annotated[int, typer.Option(help="Uploads decoded at once (in worker threads).", min=1)] = 2,
+    decode_memory_mb: Annotated[
+        int, typer.Option(help="Estimated memory the decodes running at once may take, in MiB.", min=1)
+    ] = 384,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request head (slow clients are cut off).")
+    ] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request body (then 408).")] = 60.0,
+    reload_interval: Annotated[
+        float, typer.Option(help="Seconds between checks for an index updated under the server (0: never reload).")
+    ] = 2.0,
 ) -> None:
     """Serve INDEX_DIR as a web page and a JSON API (FastAPI + uvicorn).
 
     The page (at http://HOST:PORT/) searches by a dropped, pasted or chosen picture or by an indexed image,
-    browses the collection and shows what is indexed; the API is documented at /docs. The index and
-    model are loaded once at start-up and never written to; thumbnails are cached in --cache-dir.
+    browses the collection and shows what is indexed; the API is documented at /docs. The index is never
+    written to; when `lookalike index` updates it, the server loads the new state and swaps it in between
+    requests. Only files that are still what was indexed are served (regular files inside the indexed
+    folder, same size and mtime). Uploads are decoded as indexed files are, a bounded number at a time
+    (503 with Retry-After beyond); slow clients are cut off. Thumbnails are cached in --cache-dir.
     Needs the serve extra: pip install "lookalike[serve]".
     """
     from .server import ServerSettings, check_extra
@@ -1046,12 +1069,15 @@ def serve(
     if max_upload_mb <= 0:
         raise LookalikeError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     settings = ServerSettings(
-        token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k, cache_dir=cache_dir
-    )
+        token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k, cache_dir=cache_dir,
+        max_uploads=max_uploads, max_decodes=max_decodes, decode_memory_bytes=decode_memory_mb * 1024 * 1024,
+        header_timeout=header_timeout, body_timeout=body_timeout, reload_interval=reload_interval,
+    )  # fmt: skip
     import uvicorn
 
     from .search import Index
     from .server import create_app
+    from .server.transport import uvicorn_config
 
     directory = _resolve_index_dir(index_dir)
     idx = Index.load(directory, model=model)
@@ -1073,11 +1099,8 @@ def serve(
             soft_wrap=True,
         )
     verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
-    config = uvicorn.Config(
-        web_app,
-        log_level="info" if verbose else "warning",
-        access_log=verbose,
-        timeout_graceful_shutdown=5,
+    config = uvicorn_config(  # with the header and body deadlines
+        web_app, settings, log_level="info" if verbose else "warning", access_log=verbose, timeout_graceful_shutdown=5
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -69,7 +69,7 @@ FORMATS: dict[str, str] = {
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 )
-_HEIF_EXTENSIONS = (".heic", ".heif")
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}  # ISO-BMFF 'ftyp' brands
 _SHRINK_GAP = 2  # shrink by whole factors while the image stays at least this many times the model's size
 
 
@@ -372,14 +372,41 @@ def decode_bytes(
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
+        sniffed = _sniff(data)
+        if sniffed is not None:  # the signature of a format we read, then a header Pillow cannot parse
+            raise ImageDecodeError(name, f"truncated or corrupt {sniffed} file (its header is damaged)") from None
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and not heif_available():
+            raise ImageDecodeError(
+                name,
+                'HEIC/HEIF image: reading it needs pillow-heif (pip install "lookalike[heif]")',
+                kind="unsupported",
+            ) from None
         raise ImageDecodeError(name, "not an image file lookalike can read", kind="not-image") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(name, f"refused as a decompression bomb ({exc})", kind="too-large") from None
+    except Image.DecompressionBombError:
+        pillow_cap = 2 * int(Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageDecodeError(
+            name,
+            f"refused: more than {pillow_cap:,} pixels (the limit is {max_pixels:,} pixels to decode)",
+            kind="too-large",
+        ) from None
     except MemoryError:
         raise ImageDecodeError(name, "not enough memory to decode it", kind="too-large") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct_error) as exc:
         what = FORMATS.get(fmt, "image")
         raise ImageDecodeError(name, f"truncated or corrupt {what} file ({_one_line(exc)})", kind="corrupt") from None
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))  # fmt: skip
+
+
+def _sniff(data: bytes) -> str | None:
+    """The accepted format whose signature ``data`` starts with, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:2] == b"BM" and data[6:10] == b"\0\0\0\0":  # 'BM', the file size, reserved zeros
+        return "BMP"
+    return next((what for sig, what in _SIGNATURES if data.startswith(sig)), None)
 
 
 def _check_format(fmt: str, name: object) -> None:

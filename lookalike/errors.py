@@ -42,3 +42,15 @@ class ImageDecodeError(LookalikeError):
         self.reason = reason
         self.kind = kind
         super().__init__(f"{display_path(path)}: {reason}")
+
+
+def utf8_name(text: str) -> str:
+    """A file name as valid UTF-8 text for JSON or HTML: itself, or, when it holds bytes that are not UTF-8
+    (lone surrogates), with those bytes written as ``\\xff`` (other characters, newlines too, unchanged)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text

@@ -1030,6 +1030,21 @@ class Index:
     def __repr__(self) -> str:
         return f"Index({len(self)} images of {self.root}, model {self.model.preset} {self.model.fingerprint[:12]})"
 
+    # --- used by the server's reload (issue 13)
+    @staticmethod
+    def folder_state(directory: str | os.PathLike[str]) -> tuple[int, ...] | None:
+        """A cheap token of an index folder's committed state: (inode, size, mtime_ns) of its catalog and
+        manifest. It changes whenever a writer commits or the folder is replaced (``--rebuild``); equal
+        tokens mean nothing was committed in between. None when either file is missing."""
+        out: list[int] = []
+        for name in (CATALOG_NAME, MANIFEST_NAME):
+            try:
+                st = os.stat(Path(directory) / name)
+            except OSError:
+                return None
+            out += [st.st_ino, st.st_size, st.st_mtime_ns]
+        return tuple(out)
+
 
 def evaluate(
     index_dir: str | os.PathLike[str],

@@ -113,7 +113,10 @@ def _load_shard(path: Path, rows: int, dim: int) -> np.ndarray:
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as exc:
-        raise LookalikeError(f"{path}: unreadable vector shard ({exc})") from None
+        raise LookalikeError(
+            f"{path}: unreadable vector shard ({exc}); running `lookalike index` on the folder again "
+            "re-embeds its images"
+        ) from None
     if array.dtype != np.float32 or array.shape != (rows, dim):
         raise LookalikeError(
             f"{path}: vector shard is {array.dtype} {array.shape}, the catalog says float32 ({rows}, {dim})"
@@ -228,6 +231,26 @@ class StoreWriter:
             logger.info("%s: removed %d file(s) an interrupted run left behind", self.directory, removed)
             fsync_dir(self.directory)
         return removed
+
+    def drop_damaged_shards(self) -> int:
+        """Forget the rows of committed shard files that are missing or damaged (truncated, another shape,
+        not an array), so the run embeds their images again; returns how many rows were dropped.
+
+        Only what the file's header and size show is checked (a flipped bit inside the vectors is not).
+        """
+        stored = self.catalog.shard_rows()
+        damaged = []
+        for shard, rows in stored.items():
+            try:
+                _load_shard(shard_path(self.directory, shard), rows, self.dim)
+            except (LookalikeError, FileNotFoundError) as exc:
+                logger.warning("%s: %s; its images are embedded again", self.directory, exc)
+                damaged.append(shard)
+        if not damaged:
+            return 0
+        ids = [i for i, _, _ in self.catalog.rows_in_shards(damaged)]
+        self.commit(delete_ids=ids, drop_shards=damaged)
+        return len(ids)
 
     def new_id(self) -> int:
         """An id no image of this index has had (ids are never reused)."""

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ._callbacks import emit
-from ._fs import make_dirs
+from ._fs import check_dir_creatable, make_dirs
 from .augment import Augmentation, random_view
 from .config import Preprocessing, TrainConfig
-from .data import arrays_to_pixels, find_images, image_loader, normalize, normalize_unit
-from .errors import LookalikeError
+from .data import arrays_to_pixels, image_loader, normalize, normalize_unit, scan_images
+from .errors import LookalikeError, display_path
 from .models import Model, resolve_device
 from .models.model import cpu_supports_bf16
 from .objectives import OBJECTIVES, invariance_loss
@@ -352,7 +352,7 @@ def _check_output_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> No
             f"{out_dir}: already holds a model; pass --resume to continue training it or --overwrite to replace it"
         )
     if out_dir is not None:
-        make_dirs(out_dir)
+        check_dir_creatable(out_dir)
 
 
 def _clear_old_outputs(out_dir: Path) -> None:
@@ -409,8 +409,14 @@ def train(
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction)
     resume_state = None
     paths: list[Path] | None = None
+    refused: list[tuple[Path, str]] = []
     if isinstance(source, str | os.PathLike):
-        paths = find_images(source)
+        scan = scan_images(source)
+        paths, refused = scan.files, scan.skipped
+        for path, reason in refused:
+            emit(callbacks, "on_skip", path, reason)
+        if not paths:
+            raise LookalikeError(f"{display_path(source)}: none of the {len(refused)} image files could be read")
     if resume:
         if out is None:
             raise LookalikeError("resume needs the model directory that holds checkpoint.pt")
@@ -429,6 +435,7 @@ def train(
         model = Model.from_preset(preset, image_size=image_size, latent_dim=latent_dim, **overrides)
     if paths is not None:
         data = decode_folder(paths, model.preprocessing, num_workers=num_workers, callbacks=callbacks)
+        data.skipped[:0] = refused
         if len(data.pixels) == 0:
             raise LookalikeError(f"{source}: none of the {len(paths)} image files could be read")
     else:

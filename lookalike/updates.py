@@ -61,6 +61,7 @@ class UpdateSummary:
     compacted: bool = False  # whether shards were rewritten to drop dead rows
     rebuilt: bool = False  # a new index was written from scratch (new folder, --rebuild, or another folder)
     leftovers_removed: int = 0  # files of an interrupted run cleaned up before starting
+    repaired: int = 0  # rows of damaged or missing shard files dropped, their images embedded again
     seconds: float = 0.0  # wall-clock time of the run
 
     @property
@@ -73,7 +74,7 @@ class UpdateSummary:
         return (
             f"added {self.added:,}, updated {self.updated:,}, moved {self.moved:,}, removed {self.removed:,}, "
             f"unchanged {self.unchanged:,}, skipped {self.skipped:,}"
-        )
+        ) + (f", repaired {self.repaired:,} (a damaged vector shard)" if self.repaired else "")
 
 
 def _states(root: Path, paths: Sequence[Path]) -> list[FileState]:
@@ -298,6 +299,7 @@ def synchronize(
     """
     t0 = time.perf_counter()
     summary = UpdateSummary(leftovers_removed=writer.leftovers)
+    summary.repaired = writer.drop_damaged_shards()  # their images are candidates again below
     catalog = writer.catalog
     known = catalog.file_states()  # path -> (id, size, mtime)
     skipped_known = {s.path: s for s in catalog.skipped()}

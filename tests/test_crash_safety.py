@@ -71,9 +71,10 @@ def _write_images(root: Path, names: range, rng: np.random.Generator) -> None:
         Image.fromarray(arr).save(folder / f"img{i:04d}.png")
 
 
-def _command(folder: Path, out: Path) -> list[str]:
+def _command(folder: Path, out: Path, workers: int = 0) -> list[str]:
     return [sys.executable, "-m", "lookalike.cli", "index", str(folder), "-o", str(out), "-e", "pixels",
-            "--image-size", str(IMAGE_SIZE), "--workers", "0", "--batch-size", "4", "--shard-size", "16"]  # fmt: skip
+            "--image-size", str(IMAGE_SIZE), "--workers", str(workers), "--batch-size", "4",
+            "--shard-size", "16"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -138,7 +139,9 @@ def _mutate(folder: Path, rng: np.random.Generator, cycle: int) -> None:
     _write_images(folder, range(10_000 * cycle, 10_000 * cycle + third), rng)
 
 
-def run_kills(tmp_path: Path, kills: int, seed: int) -> dict[str, object]:
+def run_kills(tmp_path: Path, kills: int, seed: int, workers: int = 0) -> dict[str, object]:
+    """``workers``: decoding worker processes of the killed runs (alive at the kill: the next run must find
+    the index unlocked, and no worker may outlive its parent)."""
     rng = np.random.default_rng(seed)
     pick = random.Random(seed)
     folder, out = tmp_path / "photos", tmp_path / "index"
@@ -150,7 +153,8 @@ def run_kills(tmp_path: Path, kills: int, seed: int) -> dict[str, object]:
     # How long a run takes to start writing, and to finish, from scratch.
     scratch = tmp_path / "scratch"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(_command(folder, scratch), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_command(folder, scratch, workers), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
     while proc.poll() is None and not (scratch / "manifest.json").exists():
         time.sleep(0.002)
     t_start = time.perf_counter() - t0
@@ -162,7 +166,8 @@ def run_kills(tmp_path: Path, kills: int, seed: int) -> dict[str, object]:
     done, completed_runs, cycle = 0, 0, 0
     todo = 1.0  # share of the folder's files still to embed: kills are aimed at the shards still to come
     while done < kills:
-        proc = subprocess.Popen(_command(folder, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(_command(folder, out, workers), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)  # fmt: skip
         shards_to_write = math.ceil(todo * len(_relative_paths(folder)) / SHARD)
         if not _kill_at_random(proc, out, pick, t_start, shards_to_write):
             assert proc.returncode == 0, proc.stderr.read().decode()
@@ -191,7 +196,7 @@ def run_kills(tmp_path: Path, kills: int, seed: int) -> dict[str, object]:
             state += ", uncommitted shard left" if leftovers else ""
         states[state] = states.get(state, 0) + 1
 
-    final = subprocess.run(_command(folder, out), env=_env(), capture_output=True, timeout=300)
+    final = subprocess.run(_command(folder, out, workers), env=_env(), capture_output=True, timeout=300)
     assert final.returncode == 0, final.stderr.decode()
     check(out, embeddings, known)
     clean_dir = tmp_path / "clean"
@@ -221,6 +226,14 @@ def test_sigkill_at_random_moments_quick(tmp_path: Path) -> None:
     figures = run_kills(tmp_path, kills=10, seed=1)
     _report(figures)
     assert figures["kills"] == 10
+
+
+def test_sigkill_with_decoding_workers_alive(tmp_path: Path) -> None:
+    """Killed while its decoding workers run: before, an orphaned worker kept the index's lock and the next
+    run was refused ("another lookalike process is writing this index")."""
+    figures = run_kills(tmp_path, kills=6, seed=3, workers=2)
+    _report(figures)
+    assert figures["kills"] == 6
 
 
 @pytest.mark.slow

@@ -176,6 +176,18 @@ def test_a_non_utf8_name_is_indexed_searchable_and_kept_byte_exact(hostile_folde
     assert hits[0].id == id_ and hits[0].score > 0.999
     with index.open_file(id_) as fh:
         assert fh.read() == bad.read_bytes()
+    from fastapi.testclient import TestClient
+
+    from lookalike.server import ServerSettings, create_app
+
+    with TestClient(create_app(index, ServerSettings(warm_up=False, reload_interval=0))) as client:
+        page = client.get("/api/images?per_page=200").json()
+        shown = {img["id"]: img["path"] for img in page["images"]}
+        assert shown[id_] == "bad_\\xff.png"  # valid JSON text, the byte written as \xff
+        found = client.get(f"/api/search?id={id_}&k=1").json()
+        assert found["hits"][0]["id"] == id_
+        assert client.get(f"/api/images/{id_}").content == bad.read_bytes()
+        assert client.get(f"/thumbs/{id_}").status_code == 200
     result = _cli("search", str(out), str(bad), "-k", "2")
     assert result.returncode == 0, result.stderr
     assert "bad_" in result.stdout
@@ -307,3 +319,76 @@ def test_an_embedded_icc_profile_is_converted_to_srgb(tmp_path):
     jpeg = tmp_path / "adobe.jpg"
     adobe.save(jpeg, quality=95, subsampling=0, icc_profile=icc)
     assert np.abs(np.asarray(decode_image(jpeg), dtype=np.float64) - srgb).mean() < 4.0
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def grey_png_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG of ``width`` x ``height`` zeros: a few kB that decode to width*height pixels."""
+    import struct
+    import zlib
+
+    row = b"\0" * (1 + (width + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def corrupt_exif_jpeg(seed: int) -> bytes:
+    """A JPEG whose EXIF block promises 500 entries and holds one (Pillow warns 'Corrupt EXIF data')."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 500) + b"\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00"
+    app1 = b"\xff\xe1" + struct.pack(">H", len(tiff) + 8) + b"Exif\x00\x00" + tiff
+    return data[:2] + app1 + data[2:]
+
+
+def test_library_warnings_never_reach_the_terminal(tmp_path):
+    """Before: DecompressionBombWarning, "Corrupt EXIF data" and numpy's RuntimeWarning for a NaN TIFF
+    were printed raw, without a file name. Now: the bomb is a skip with its reason, the rest decode."""
+    folder = tmp_path / "imgs"
+    _png(folder / "ok.png", 0)
+    (folder / "exif.jpg").write_bytes(corrupt_exif_jpeg(1))
+    nan = np.full((16, 16), np.nan, dtype=np.float32)
+    nan[4:8] = 0.5
+    Image.fromarray(nan, mode="F").save(folder / "nan.tif")
+    Image.fromarray(np.full((16, 16), np.nan, dtype=np.float32), mode="F").save(folder / "allnan.tif")
+    (folder / "bomb.png").write_bytes(grey_png_bomb(10_000, 9_000))  # over Pillow's warning size, under its error
+    env = {**os.environ, "PYTHONWARNINGS": "default", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([PY, "-W", "default", "-m", "lookalike.cli", "index", str(folder), "-o",
+                             str(tmp_path / "idx"), "-e", "pixels"], capture_output=True, text=True, env=env,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "EXIF" not in result.stderr, result.stderr
+    assert "bomb.png: refused: 10000x9000 = 90,000,000 pixels" in result.stderr
+    assert "skipped 1 file" in result.stdout
+
+
+def test_heic_needs_its_plugin_and_says_so(tmp_path, monkeypatch):
+    import io
+
+    import lookalike.decoding as decoding
+
+    heic_header = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64
+    monkeypatch.setattr(decoding, "heif_available", lambda: False)
+    with pytest.raises(LookalikeError, match=r"pillow-heif .*lookalike\[heif\]") as exc:
+        decoding.decode_bytes(heic_header, name="IMG_0001.HEIC")
+    assert exc.value.kind == "unsupported"
+    monkeypatch.undo()
+    if not decoding.heif_available():
+        pytest.skip("pillow-heif is not installed: HEIC decoding itself is not tested")
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "HEIF", quality=95)
+    decoded = decoding.decode_bytes(buf.getvalue(), name="x.heic")
+    assert decoded.format == "HEIC" and decoded.image.size == (32, 32)

@@ -9,11 +9,15 @@ FastAPI, uvicorn and python-multipart come with the ``serve`` extra (``pip insta
 They are imported only here, lazily: ``import lookalike.server`` works without them, and
 :func:`check_extra` turns a missing one into a one-line :class:`~lookalike.errors.LookalikeError`.
 
-The modules: ``settings`` (limits and options), ``uploads`` (checking an uploaded file before it is
-decoded), ``engine`` (the loaded index, one worker thread that runs every search, batching the queries
-that wait), ``thumbs`` (thumbnails generated once into a user cache folder, never the index folder),
-``telemetry`` (Prometheus text for ``/metrics``) and ``app`` (the FastAPI routes, the middleware for the
-token, limits and metrics, and the static page in ``static/``).
+The modules: ``settings`` (limits and options), ``uploads`` (checking and decoding an uploaded file),
+``admission`` (how many uploads and decodes run at once, within a memory budget), ``engine`` (one worker
+thread that runs every search, batching the queries that wait), ``thumbs`` (thumbnails generated once into
+a user cache folder, never the index folder), ``telemetry`` (Prometheus text for ``/metrics``), ``state``
+(what the routes share: the served index, swapped whole when the folder changes), ``gate`` (the
+middleware: metrics timing, path screening, token, upload admission, body cap and deadline, ``HEAD``),
+``routes`` (one ``APIRouter`` per part), ``schemas`` (the JSON shapes), ``app`` (the factory), ``transport``
+(uvicorn's h11 with deadlines for request heads and bodies) and ``background`` (uvicorn on a thread);
+the page is in ``static/``.
 """
 
 from __future__ import annotations

@@ -22,19 +22,22 @@ from ..errors import LookalikeError
 def serve_in_background(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 120.0) -> Iterator[str]:
     """Serve ``app`` on ``host:port`` (port 0: a free one) until the block ends; yields the base URL.
 
-    The lifespan (loading the index, warming up) has finished when the URL is yielded.
+    The lifespan (loading the index, warming up) has finished when the URL is yielded. The server has the
+    app's deadlines for request heads and bodies (:func:`lookalike.server.transport.uvicorn_config`).
 
     Raises:
         LookalikeError: the server did not start within ``timeout`` seconds, or stopped at start-up.
     """
     import uvicorn
 
+    from .transport import uvicorn_config
+
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="lookalike-uvicorn", daemon=True)
     thread.start()
     try:

@@ -5,7 +5,8 @@ are never touched by two threads at once. Requests that arrive while a search is
 queue; when the worker is free it takes all of them (up to ``max_batch``) and answers them with one
 call of :meth:`lookalike.search.Index.search_batch` per (metric, exclude-self) group, so under load
 the cost of a query falls instead of the queue growing. A query alone is answered at once, as
-``Index.search`` would answer it.
+``Index.search`` would answer it. A query may name the index it asks (``index=``): when the server reloads
+an updated index folder, the queries that came before the swap finish on the index they started with.
 
 The worker computes with a fixed number of threads (torch's encoder, set around each batch, and the BLAS
 product, capped process-wide through threadpoolctl from :meth:`SearchEngine.start` to
@@ -60,6 +61,7 @@ def limit_blas_threads(n: int) -> Any:
 @dataclass
 class _Job:
     query: Any  # a decoded Pillow image or an indexed id
+    index: Index  # the index that answers it
     k: int
     metric: str
     exclude_self: bool
@@ -116,30 +118,40 @@ class SearchEngine:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
 
-    def _warm_up(self) -> None:
+    async def warm_up(self, index: Index) -> None:
+        """Warm up another index (a reloaded one) on the worker thread, between two batches."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._warm_up, index)
+
+    def _warm_up(self, index: Index | None = None) -> None:
         """One image search and one id search, so one-time set-up (tracing, the float16 copy of the
         vectors, thread pools) happens before the first request."""
         import numpy as np
         from PIL import Image
 
+        index = self.index if index is None else index
+        if not index.entries:
+            return
         t0 = time.perf_counter()
-        prep = self.index.model.preprocessing
+        prep = index.model.preprocessing
         shape = (prep.image_size, prep.image_size, 3) if prep.channels == 3 else (prep.image_size, prep.image_size)
         blank = Image.fromarray(np.full(shape, 128, np.uint8))
-        first = next(iter(self.index.entries))
+        first = next(iter(index.entries))
         with torch_threads(self.threads):
-            self.index.search(blank, k=10)
-            self.index.search(first, k=10)
-            self.index.search_batch([first, first], k=10)
+            index.search(blank, k=10)
+            index.search(first, k=10)
+            index.search_batch([first, first], k=10)
         logger.info("warmed up in %.2f s", time.perf_counter() - t0)
 
     # ------------------------------------------------------------------------------------- search
-    async def search(self, query: Any, k: int, *, metric: str = "cosine", exclude_self: bool = False) -> list[Hit]:
-        """The hits of one query (a decoded image or an indexed id), searched on the worker thread."""
+    async def search(
+        self, query: Any, k: int, *, metric: str = "cosine", exclude_self: bool = False, index: Index | None = None
+    ) -> list[Hit]:
+        """The hits of one query (a decoded image or an indexed id), searched on the worker thread in
+        ``index`` (default: the engine's own)."""
         if self._queue is None:
             raise RuntimeError("SearchEngine.start() was not called")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(query, k, metric, exclude_self, future))
+        await self._queue.put(_Job(query, self.index if index is None else index, k, metric, exclude_self, future))
         return await future
 
     async def _run(self) -> None:
@@ -178,13 +190,14 @@ class SearchEngine:
 
     def _answer_groups(self, jobs: Sequence[_Job]) -> list[Any]:
         out: list[Any] = [None] * len(jobs)
-        groups: dict[tuple[str, bool], list[int]] = {}
+        groups: dict[tuple[int, str, bool], list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault((job.metric, job.exclude_self), []).append(i)
-        for (metric, exclude_self), members in groups.items():
+            groups.setdefault((id(job.index), job.metric, job.exclude_self), []).append(i)
+        for (_, metric, exclude_self), members in groups.items():
             kmax = max(jobs[i].k for i in members)
+            index = jobs[members[0]].index
             try:
-                results = self.index.search_batch(
+                results = index.search_batch(
                     [jobs[i].query for i in members], kmax, metric=metric, exclude_self=exclude_self
                 )
             except Exception:  # noqa: BLE001 - one bad query must not fail the others: answer one by one
@@ -196,6 +209,6 @@ class SearchEngine:
 
     def _one(self, job: _Job) -> Any:
         try:
-            return self.index.search(job.query, job.k, metric=job.metric, exclude_self=job.exclude_self)
+            return job.index.search(job.query, job.k, metric=job.metric, exclude_self=job.exclude_self)
         except Exception as exc:  # noqa: BLE001
             return exc

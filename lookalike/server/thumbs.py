@@ -1,6 +1,8 @@
 """Thumbnails of indexed images, generated once and cached outside the index folder.
 
-A thumbnail is the image decoded as the index decodes it (EXIF orientation, alpha on white), shrunk so
+A thumbnail is the image decoded as the index decodes it (EXIF orientation, alpha on white), from the
+bytes of the file that :meth:`lookalike.search.Index.open_file` opens (only a regular file inside the
+indexed folder whose size and modification time are still the catalog's), shrunk so
 its longer side is at most ``size`` pixels (never enlarged), and written atomically as PNG (small images,
 lossless) or JPEG into ``$LOOKALIKE_CACHE/thumbs/<index fingerprint>/`` (or a folder given by the
 caller). The index fingerprint changes whenever the index is rebuilt, so a cache never serves the
@@ -13,17 +15,16 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 
 from .._fs import atomic_write_bytes
-from ..data import decode_image
+from ..decoding import decode_bytes
 from ..errors import ImageDecodeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,9 +162,16 @@ class ThumbnailCache:
             return Thumbnail(data, media, etag)
 
     def _make(self, id_: int) -> tuple[bytes, str, str]:
-        path = self.index.path_of(id_)
+        file = open_original(self.index, id_)
+        if file is None:
+            raise ThumbnailError("the image file is missing or can no longer be read")
         try:
-            im = decode_image(path, 3, draft_size=self.size)
+            with file:
+                data = file.read()
+            im = decode_bytes(data, 3, draft_size=self.size, name=f"id {id_}").image
+        except OSError as exc:
+            logger.warning("thumbnail of id %d: %s", id_, exc)
+            raise ThumbnailError("the image file is missing or can no longer be read") from None
         except ImageDecodeError as exc:
             logger.warning("thumbnail of id %d: %s", id_, exc)
             raise ThumbnailError("the image file is missing or can no longer be read") from None
@@ -176,15 +184,8 @@ class ThumbnailCache:
         return buf.getvalue(), ".jpg", "image/jpeg"
 
 
-def original_file(index: Index, id_: int) -> Path | None:
-    """The indexed file of an id, or None when the catalog row looks unsafe or the file is gone.
-
-    Catalog paths are relative and made by the indexer; a row that is absolute or climbs out of the
-    root (a tampered catalog) is refused all the same.
-    """
-    rel = index.entries[id_].path
-    parts = rel.split("/")
-    if rel.startswith("/") or os.path.isabs(rel) or ".." in parts or "\\" in rel or "\x00" in rel:
-        return None
-    path = index.root / rel
-    return path if path.is_file() else None
+def open_original(index: Index, id_: int) -> BinaryIO | None:
+    """The indexed file of an id, open for reading, or None when it may not be served (no longer a regular
+    file inside the indexed folder with the catalog's size and mtime): :meth:`lookalike.search.Index.open_file`.
+    The caller closes it."""
+    return index.open_file(id_)

@@ -189,6 +189,8 @@
       if (!k.dataset.touched) k.value = String(info.default_k);
       const when = info.indexed_at ? new Date(info.indexed_at) : null;
       const whenText = when && !Number.isNaN(when.getTime()) ? when.toLocaleString() : (info.indexed_at || 'unknown');
+      const loaded = info.loaded_at ? new Date(info.loaded_at) : null;
+      const loadedText = loaded && !Number.isNaN(loaded.getTime()) ? `${loaded.toLocaleString()} (reloaded when the index changes)` : (info.loaded_at || 'unknown');
       $('status').textContent = `${info.images.toLocaleString()} images of “${info.folder}” · ${info.model.preset} model · indexed ${whenText}`;
       const rows = [
         ['Images', info.images.toLocaleString()],
@@ -198,6 +200,7 @@
         ['Model', `${info.model.preset} · ${info.model.fingerprint}`],
         ['Precision', info.model.precision || 'fp32'],
         ['Indexed', whenText],
+        ['Loaded by the server', loadedText],
         ['Skipped when indexing', `${info.skipped} unreadable file${info.skipped === 1 ? '' : 's'}`],
         ['Upload limit', bytes(info.max_upload_bytes)],
         ['Results', `${info.default_k} by default, at most ${info.max_k}`],
