@@ -13,20 +13,19 @@ from .errors import LookalikeError, display_path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then rename.
+
+    Raises:
+        LookalikeError: the file cannot be written (disk full, file size limit, permission), in one line;
+            the old file, if any, is untouched.
+    """
+    atomic_write_with(path, lambda fh: fh.write(data), durable=False)
+
+
+def write_failure(path: str | os.PathLike[str], exc: OSError) -> LookalikeError:
+    """One line for a failed write: the file and why (numpy's short writes carry no errno: a full disk)."""
+    reason = exc.strerror or (f"the disk is full or the file is too large: {exc}" if "written" in str(exc) else exc)
+    return LookalikeError(f"{display_path(path)}: cannot write ({reason})")
 
 
 def current_umask() -> int:
@@ -95,21 +94,28 @@ def make_temp_dir(final: Path) -> Path:
 
 
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], *, durable: bool = True) -> None:
-    """Like :func:`atomic_write_bytes`, but ``write(file)`` streams the content (no second copy in memory).
+    """Write a file through a temporary one in the same folder, fsync, then rename; ``write(file)`` streams
+    the content (no second copy in memory).
 
     With ``durable`` the folder is fsynced after the rename too, so the new name survives a power loss
     before anything that refers to it is committed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failure(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -383,12 +383,8 @@ def decode_bytes(
             ) from None
         raise ImageDecodeError(name, "not an image file lookalike can read", kind="not-image") from None
     except Image.DecompressionBombError:
-        pillow_cap = 2 * int(Image.MAX_IMAGE_PIXELS or 0)
-        raise ImageDecodeError(
-            name,
-            f"refused: more than {pillow_cap:,} pixels (the limit is {max_pixels:,} pixels to decode)",
-            kind="too-large",
-        ) from None
+        cap = min(2 * int(Image.MAX_IMAGE_PIXELS or 0), max_pixels)  # Pillow's own check came first
+        raise ImageDecodeError(name, f"refused: more than {cap:,} pixels to decode", kind="too-large") from None
     except MemoryError:
         raise ImageDecodeError(name, "not enough memory to decode it", kind="too-large") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct_error) as exc:

@@ -17,6 +17,7 @@ Version-1 indexes (one ``vectors.npy``) still load and are rebuilt by the next `
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
@@ -41,7 +42,7 @@ from .embed import embed_files
 from .errors import LookalikeError, display_path
 from .index import ExactIndex
 from .metrics import DEFAULT_KS, EvaluationResult, check_options, evaluate_vectors
-from .models import Model
+from .models import Model, compute_threads
 from .models.model import ImageLike
 from .serialization import atomic_write_json, read_json
 from .store import (
@@ -835,18 +836,30 @@ class Index:
             vecs[[i for i, _ in to_embed]] = self.model.embed([q for _, q in to_embed], threads=threads)
         return vecs, own
 
+    @staticmethod
+    def query_threads(n_queries: int) -> int | None:
+        """The thread plan of :meth:`search_batch`: how many threads (torch's and BLAS's alike) a search of
+        ``n_queries`` computes with, or None for the process's own settings.
+
+        A few queries (up to :data:`SMALL_QUERY_BATCH`) run on one thread from end to end: one 32-64 px
+        image through the encoder, a float16 shortlist or a float32 product over 10,000-50,000 vectors are
+        too small to share between cores. On a quiet 2-core machine a second thread saves about 0.3 ms of
+        a 2.1 ms query; with one core busy elsewhere, torch's OpenMP and OpenBLAS's workers wait at their
+        barriers for the busy core, and the same query took a median of 10-30 ms and a p95 of 100-240 ms
+        (``benchmarks/speed.py --background-load 1``). Larger batches (indexing, evaluation, a server's
+        queue of many uploads) keep every thread.
+        """
+        return 1 if n_queries <= SMALL_QUERY_BATCH else None
+
     def search_batch(
         self, queries: Sequence[Query], k: int = 10, *, metric: str = "cosine", exclude_self: bool = False
     ) -> list[list[Hit]]:
         """Search several queries at once; see :meth:`search`."""
         queries = list(queries)
-        # A few queries followed by a big float32 BLAS product: encode them on one thread, or torch's
-        # idle-spinning workers and OpenBLAS's fight over the cores (8 ms instead of 5 ms a query here).
-        few = len(queries) <= SMALL_QUERY_BATCH and not (
-            self.searcher is self.vectors and self.vectors.uses_shortlist(len(queries), k, metric)
-        )
-        vecs, own = self._embed_queries(queries, threads=1 if few else None)
-        scores, ids = self.searcher.search(vecs, k, metric=metric, exclude=own if exclude_self else None)
+        threads = self.query_threads(len(queries))
+        with compute_threads(threads) if threads is not None else contextlib.nullcontext():
+            vecs, own = self._embed_queries(queries, threads=threads)
+            scores, ids = self.searcher.search(vecs, k, metric=metric, exclude=own if exclude_self else None)
         out = []
         for srow, irow in zip(scores, ids):
             hits = []

@@ -9,6 +9,7 @@ leaves a half-written model where a good one was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ MODEL_FORMAT = "lookalike-model"
 MODEL_FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PREVIOUS_WEIGHTS_NAME = ".model.safetensors.prev"  # the replaced weights while a save is under way
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -70,7 +72,10 @@ def write_model_dir(
 
     ``config`` gets ``format``, ``format_version``, ``lookalike_version`` and ``weights_sha256`` added.
     The weights are renamed into place before the config, and the config names their hash, so a reader
-    never pairs a config with weights it does not describe.
+    never pairs a config with weights it does not describe. Replacing a model, the old weights are kept
+    as ``.model.safetensors.prev`` (a hard link) until the new config is in place: a process killed
+    between the two renames leaves the old config and the old weights readable (see
+    :func:`read_model_dir`), never a mismatched pair.
     """
     directory = Path(directory)
     make_dirs(directory)
@@ -83,8 +88,14 @@ def write_model_dir(
         **config,
         "weights_sha256": digest,
     }
-    atomic_write_bytes(directory / WEIGHTS_NAME, data)
+    weights, previous = directory / WEIGHTS_NAME, directory / PREVIOUS_WEIGHTS_NAME
+    previous.unlink(missing_ok=True)
+    if weights.exists() and (directory / CONFIG_NAME).exists():
+        with contextlib.suppress(OSError):  # no hard links here: the plain order
+            os.link(weights, previous)
+    atomic_write_bytes(weights, data)
     atomic_write_json(directory / CONFIG_NAME, full)
+    previous.unlink(missing_ok=True)
     return digest
 
 
@@ -121,7 +132,13 @@ def read_model_dir(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], d
     except FileNotFoundError:
         raise LookalikeError(f"{weights_path}: missing model weights") from None
     if config.get("weights_sha256") not in (None, sha256_hex(data)):
-        raise LookalikeError(f"{weights_path}: weights do not match {CONFIG_NAME} (sha256 differs)")
+        try:  # a save killed between its two renames: the old weights still go with the old config
+            data = (directory / PREVIOUS_WEIGHTS_NAME).read_bytes()
+        except OSError:
+            data = b""
+        if sha256_hex(data) != config.get("weights_sha256"):
+            raise LookalikeError(f"{weights_path}: weights do not match {CONFIG_NAME} (sha256 differs)")
+        logger.warning("%s: an interrupted save left new weights beside the old config; using the old model", directory)
     try:
         state = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -129,21 +146,39 @@ def read_model_dir(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], d
     return config, state
 
 
+CHECKPOINT_TRAILER = b"\nlookalike-sha256:"  # + 64 hex digits of the bytes before it
+
+
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """Save a training checkpoint (tensors, numbers, strings, lists, dicts) atomically."""
+    """Save a training checkpoint (tensors, numbers, strings, lists, dicts) atomically, followed by the
+    sha256 of its bytes, so a damaged checkpoint is refused instead of resumed from."""
     import io
 
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data + CHECKPOINT_TRAILER + sha256_hex(data).encode("ascii"))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a training checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
+    """Load a training checkpoint with ``weights_only=True`` (no arbitrary unpickling), after checking its
+    sha256 (checkpoints written before the digest was added load without the check)."""
+    import io
+
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise LookalikeError(f"{path}: no checkpoint to resume from") from None
+    except OSError as exc:
+        raise LookalikeError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    cut = len(data) - len(CHECKPOINT_TRAILER) - 64
+    if cut >= 0 and data[cut : cut + len(CHECKPOINT_TRAILER)] == CHECKPOINT_TRAILER:
+        body, digest = data[:cut], data[cut + len(CHECKPOINT_TRAILER) :].decode("ascii", "replace")
+        if sha256_hex(body) != digest:
+            raise LookalikeError(f"{path}: damaged checkpoint (sha256 differs); train without --resume to start over")
+        data = body
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or unsafe file
         raise LookalikeError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None

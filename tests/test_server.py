@@ -317,7 +317,7 @@ def test_upload_errors(served: TestClient, class_folder: Path) -> None:
     jpeg = image_bytes("JPEG", size=(64, 64))
     assert_one_line_error(upload(served, jpeg[: len(jpeg) * 2 // 3], content_type="image/jpeg"), 400, "truncated")
     assert_one_line_error(upload(served, png_with_header_only(100_000, 100_000)), 400, "refused", "pixels")
-    assert_one_line_error(upload(served, png_with_header_only(7_000, 7_000)), 400, "refused", "49,000,000")
+    assert_one_line_error(upload(served, png_with_header_only(9_000, 9_000)), 400, "refused", "81,000,000")
     r = served.post("/api/search", data={"k": "3"})
     assert_one_line_error(r, 400, "image", "missing")
     assert_one_line_error(upload(served, png, metric="hamming"), 400, "metric must be cosine or euclidean")

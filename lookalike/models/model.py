@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import warnings
@@ -43,6 +44,41 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@functools.cache
+def _blas_controllers() -> tuple[Any, ...]:
+    """threadpoolctl's handles on the BLAS libraries loaded now (numpy's OpenBLAS), looked up once (1 ms);
+    () without threadpoolctl. A BLAS library loaded later (by faiss, say) is not among them."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return ()
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+def blas_threads() -> list[int]:
+    """The thread count of each BLAS library :func:`compute_threads` controls."""
+    return [lib.get_num_threads() for lib in _blas_controllers()]
+
+
+@contextlib.contextmanager
+def compute_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads and ``n`` BLAS threads (numpy's OpenBLAS), restoring
+    both after. Both settings are process-wide, as :func:`torch_threads`'s is; setting and restoring them
+    costs a few microseconds (threadpoolctl's ``limit()`` would cost 17)."""
+    changed = []
+    try:
+        for lib in _blas_controllers():
+            before = lib.get_num_threads()
+            if before != n:
+                lib.set_num_threads(n)
+                changed.append((lib, before))
+        with torch_threads(n):
+            yield
+    finally:
+        for lib, before in reversed(changed):
+            lib.set_num_threads(before)
 
 
 def cpu_supports_bf16() -> bool:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .._fs import atomic_write_bytes
 from ..decoding import decode_bytes
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, LookalikeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..search import Index
@@ -155,7 +155,7 @@ class ThumbnailCache:
             if not self.unwritable:
                 try:
                     atomic_write_bytes(self.directory / (stem + ext), data)
-                except OSError as exc:
+                except LookalikeError as exc:
                     logger.warning("cannot cache thumbnails in %s (%s); serving them from memory", self.directory, exc)
                     self.unwritable = True
             self.generated += 1
