@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 from lookalike import Index, Model
-from lookalike.errors import LookalikeError
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
