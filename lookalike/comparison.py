@@ -493,7 +493,7 @@ def write_report(comparison: Comparison, out_dir: str | os.PathLike[str], exampl
     from ._fs import atomic_write_bytes
 
     target = out / "report.html"
-    atomic_write_bytes(target, page.encode("utf-8"))
+    atomic_write_bytes(target, page.encode("utf-8", "backslashreplace"))  # names that are not UTF-8 stay readable
     return target
 
 

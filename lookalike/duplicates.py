@@ -485,7 +485,7 @@ def to_csv_bytes(groups: Sequence[DuplicateGroup]) -> bytes:
         paths = group.paths or ("",) * len(group.ids)
         for i, p, s in zip(group.ids, paths, group.similarities):
             writer.writerow([g, i, str(p), f"{s:.6f}"])
-    return buf.getvalue().encode("utf-8")
+    return buf.getvalue().encode("utf-8", "surrogateescape")  # a name that is not UTF-8 keeps its own bytes
 
 
 def to_json_dict(groups: Sequence[DuplicateGroup], **info: Any) -> dict[str, Any]:

@@ -392,3 +392,20 @@ def test_heic_needs_its_plugin_and_says_so(tmp_path, monkeypatch):
     Image.fromarray(rgb).save(buf, "HEIF", quality=95)
     decoded = decoding.decode_bytes(buf.getvalue(), name="x.heic")
     assert decoded.format == "HEIC" and decoded.image.size == (32, 32)
+
+
+def test_duplicates_writes_non_utf8_names_byte_exact(hostile_folder, tmp_path):
+    """Before: `duplicates --csv` died with UnicodeEncodeError on a name that is not UTF-8."""
+    import json
+
+    root, _ = hostile_folder
+    bad = Path(os.fsdecode(bytes(root) + b"/bad_\xff.png"))
+    copy = Path(os.fsdecode(bytes(root) + b"/copy_\xfe.png"))
+    copy.write_bytes(bad.read_bytes())
+    out = tmp_path / "idx"
+    assert _cli("index", str(root), "-o", str(out), "-e", "pixels").returncode == 0
+    result = _cli("duplicates", str(out), "--csv", str(tmp_path / "d.csv"), "--json", str(tmp_path / "d.json"))
+    assert result.returncode == 0, result.stderr
+    csv_bytes = (tmp_path / "d.csv").read_bytes()
+    assert b"/bad_\xff.png" in csv_bytes and b"/copy_\xfe.png" in csv_bytes  # the files' own bytes
+    assert json.dumps(str(copy))[1:-1] in (tmp_path / "d.json").read_text()  # escaped: \udcfe, read back exactly
