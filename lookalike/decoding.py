@@ -279,18 +279,26 @@ class DecodedImage:
 def _quiet_pillow() -> Iterator[None]:
     """Keep Pillow's warnings about the file being decoded off the terminal (the policy handles them).
 
-    ``warnings.catch_warnings`` is not thread-safe, so the filters are added once, process-wide, for
-    Pillow's own modules only: its decompression-bomb warning (:data:`MAX_PIXELS` is the limit here) and
-    "Corrupt EXIF data" / "Possibly corrupt EXIF" notices.
+    ``warnings.catch_warnings`` is not thread-safe, so the filters are added process-wide, for Pillow's
+    own modules only: its decompression-bomb warning (:data:`MAX_PIXELS` is the limit here) and "Corrupt
+    EXIF data" / "Possibly corrupt EXIF" notices. They are put back whenever they are gone (a caller's
+    ``catch_warnings`` block restores the filters it found when it ends).
     """
-    _install_filters()
+    if not _filters_installed():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     yield
 
 
-@functools.cache
-def _install_filters() -> None:
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+def _filters_installed() -> bool:
+    found = 0
+    for action, _message, category, module, _line in warnings.filters:
+        if action == "ignore" and (
+            category is Image.DecompressionBombWarning
+            or (category is UserWarning and module is not None and module.pattern == r"PIL\.")
+        ):
+            found += 1
+    return found >= 2
 
 
 def _decoded_size(im: Image.Image, draft_size: int | None) -> tuple[int, int]:
@@ -387,8 +395,12 @@ def decode_bytes(
         raise ImageDecodeError(name, f"refused: more than {cap:,} pixels to decode", kind="too-large") from None
     except MemoryError:
         raise ImageDecodeError(name, "not enough memory to decode it", kind="too-large") from None
+    except RuntimeError as exc:  # the AVIF and HEIF plugins' decoders
+        kind = "too-large" if "limit" in str(exc).lower() else "corrupt"
+        what = FORMATS.get(fmt) or _sniff(data) or "image"
+        raise ImageDecodeError(name, f"truncated or corrupt {what} file ({_one_line(exc)})", kind=kind) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct_error) as exc:
-        what = FORMATS.get(fmt, "image")
+        what = FORMATS.get(fmt) or _sniff(data) or "image"
         raise ImageDecodeError(name, f"truncated or corrupt {what} file ({_one_line(exc)})", kind="corrupt") from None
 
 
@@ -402,6 +414,11 @@ def _sniff(data: bytes) -> str | None:
         return "WebP"
     if data[:2] == b"BM" and data[6:10] == b"\0\0\0\0":  # 'BM', the file size, reserved zeros
         return "BMP"
+    if data[4:8] == b"ftyp":  # ISO-BMFF: the major brand says which
+        if data[8:12] in (b"avif", b"avis"):
+            return "AVIF"
+        if data[8:12] in _HEIF_BRANDS and heif_available():
+            return "HEIC"
     return next((what for sig, what in _SIGNATURES if data.startswith(sig)), None)
 
 

@@ -409,3 +409,34 @@ def test_duplicates_writes_non_utf8_names_byte_exact(hostile_folder, tmp_path):
     csv_bytes = (tmp_path / "d.csv").read_bytes()
     assert b"/bad_\xff.png" in csv_bytes and b"/copy_\xfe.png" in csv_bytes  # the files' own bytes
     assert json.dumps(str(copy))[1:-1] in (tmp_path / "d.json").read_text()  # escaped: \udcfe, read back exactly
+
+
+def test_truncated_avif_is_corrupt_and_warnings_stay_off_after_a_catch_warnings_block():
+    """Found by the fuzz tests: a truncated AVIF was 'not an image' (415) where a truncated PNG is corrupt
+    (400); and Pillow's warnings came back once any caller's catch_warnings block had ended."""
+    import io
+    import warnings
+
+    from PIL import features
+
+    from lookalike.decoding import decode_bytes
+    from lookalike.errors import ImageDecodeError
+
+    if features.check("avif"):
+        buf = io.BytesIO()
+        Image.new("RGB", (37, 23), (200, 30, 30)).save(buf, "AVIF", quality=60)
+        with pytest.raises(ImageDecodeError, match="corrupt AVIF") as exc:
+            decode_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+        assert exc.value.kind == "corrupt"
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(png, "PNG")
+    with warnings.catch_warnings():
+        decode_bytes(png.getvalue())  # the filters are installed inside the block, then restored away
+    with warnings.catch_warnings(record=True) as caught:  # the filters as they are now, recorded
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = 1000  # 1,600 pixels: Pillow warns
+        try:
+            decode_bytes(png.getvalue())
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]

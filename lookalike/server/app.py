@@ -89,7 +89,8 @@ def _error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         for err in errors:
             value = err.get("input")
-            if isinstance(value, str) and looks_like_path(value):
+            in_image = "image" in err.get("loc", ())  # the picture's own bytes may hold anything
+            if isinstance(value, str) and looks_like_path(value) and not in_image:
                 return error_response(404, NOT_FOUND)
         err = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
@@ -97,6 +98,8 @@ def _error_handlers(app: FastAPI) -> None:
         msg = str(err.get("msg", "invalid value"))
         if field == "image" and err.get("type") == "missing":
             msg = "missing: send the picture as the multipart file field 'image'"
+        elif field == "image":  # a plain form field, not a file part
+            msg = "not a file: send the picture as a multipart file part (with a filename)"
         elif err.get("type") == "missing":
             msg = "missing"
         return error_response(400, f"{field}: {msg}")
