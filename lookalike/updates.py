@@ -19,7 +19,6 @@ embeds only what is still missing.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._callbacks import emit
+from ._memory import release_free_memory
 from .catalog import CatalogEntry, Located, SkippedFile, label_for
 from .data import file_problem, is_image_file, scan_images
 from .decoding import sha256_file
@@ -77,31 +77,27 @@ class UpdateSummary:
         ) + (f", repaired {self.repaired:,} (a damaged vector shard)" if self.repaired else "")
 
 
+def _state(prefix: int, path: Path | str, stat: Any = os.stat) -> FileState | None:
+    """(relative path, size, mtime) of a file whose absolute path has ``prefix`` characters of root and
+    separator; None when it vanished."""
+    try:
+        st = stat(path)
+    except OSError:
+        return None
+    return str(path)[prefix:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns
+
+
 def _states(root: Path, paths: Sequence[Path]) -> list[FileState]:
     """(relative path, size, mtime) of each file under ``root``; files that vanished are left out."""
     prefix = len(str(root)) + 1
-    out: list[FileState] = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue
-        out.append((str(p)[prefix:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
-    return out
+    return [s for p in paths if (s := _state(prefix, p)) is not None]
 
 
 def _refused_states(root: Path, refused: Sequence[tuple[Path, str]]) -> list[Refused]:
     """What a scan refused (links out, special files), as (relative path, size, mtime) + reason: the
     link's own size and mtime, so a record stays valid until the link changes."""
     prefix = len(str(root)) + 1
-    out: list[Refused] = []
-    for p, why in refused:
-        try:
-            st = os.lstat(p)
-        except OSError:
-            continue
-        out.append(((str(p)[prefix:].replace(os.sep, "/"), st.st_size, st.st_mtime_ns), why))
-    return out
+    return [(s, why) for p, why in refused if (s := _state(prefix, p, os.lstat)) is not None]
 
 
 @dataclass
@@ -242,26 +238,6 @@ class _ShardBuffer:
         )  # fmt: skip
         self.summary.shards_written += 1 if n else 0
         self.entries, self.skip, self.unskip, self.delete = [], [], [], []
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Every batch allocates and frees a few MB of pixels and vectors; glibc then raises its mmap threshold
-    and serves them from the heap, which fragments, so without this the resident size of a long indexing
-    run creeps up by about 17 MB per 1,000 images (pixels at 32 px) instead of staying flat.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
 
 
 def synchronize(

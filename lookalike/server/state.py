@@ -26,6 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.routing import Match
 
+from .._memory import map_large_allocations, release_free_memory
 from ..errors import LookalikeError, utf8_name
 from ..search import Hit, Index
 from .admission import Limiter
@@ -62,11 +63,12 @@ def _freeze_start_up() -> None:
 
 
 def _refreeze() -> None:
-    """After a reload: collect what the old index left (frozen objects are still freed by reference
-    counting) and freeze the new one, while a server of this process keeps objects frozen."""
+    """After a reload: freeze the new index's objects too, while a server of this process keeps objects
+    frozen. No full collection first: it would walk those objects with the GIL held (a 180-200 ms stall
+    of every request for 50,000 images); the old index's objects are freed by reference counting, frozen
+    or not (it holds no reference cycles)."""
     with _frozen_lock:
         if _frozen_servers > 0:
-            gc.collect()
             gc.freeze()
 
 
@@ -177,6 +179,9 @@ class ServerState:
         self._seen = stamp
         self.engine = SearchEngine(index, max_batch=self.settings.max_batch, metrics=self.metrics)
         await self.engine.start(warm_up=self.settings.warm_up)
+        # Freed pixels of large uploads go back to the system instead of staying in the heap at their peak
+        # (16 uploads of 16 MiB: 1.4 GB held afterwards without it). Process-wide, like the gc freeze.
+        map_large_allocations()
         _freeze_start_up()
         self.frozen = True
         if self.settings.reload_interval > 0 and self.index_dir is not None and stamp is not None:
@@ -239,6 +244,7 @@ class ServerState:
         self.reloads += 1
         del old
         _refreeze()
+        await run_in_threadpool(release_free_memory)  # the old index's memory, back to the system
         logger.info("%s changed: now serving %d images", self.index_dir, len(index))
         return True
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import Response
 
+from ..._memory import release_free_memory
 from ..admission import busy_response, decode_cost
 from ..responses import NOT_FOUND, looks_like_path
 from ..schemas import ERRORS, UPLOAD_ERRORS, SearchOut
@@ -73,7 +74,7 @@ async def search_by_upload(
     else:
         # in a thread; the slot is given back when the decode ends, even if this request is cancelled first
         job = asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(decode_upload, data, prep, max_pixels=settings.max_pixels)
+            None, functools.partial(_decode_large, data, prep, max_pixels=settings.max_pixels, cost=cost)
         )
         job.add_done_callback(lambda _: state.decodes.release(charged))  # type: ignore[union-attr]
         decoded = await asyncio.shield(job)
@@ -113,3 +114,15 @@ async def search_by_id(
     query.pop("image", None)
     query.update(format=None, width=None, height=None, bytes=None)
     return state.search_response(query, k_used, metric, notice, took, hits, served)
+
+
+TRIM_AFTER_COST = 64 * 1024 * 1024  # a decode this large gives its freed memory back to the system at once
+
+
+def _decode_large(data: bytes, prep: Any, *, max_pixels: int, cost: int) -> Any:
+    """:func:`decode_upload` in a worker thread; after a large decode, the heap's free pages are returned."""
+    try:
+        return decode_upload(data, prep, max_pixels=max_pixels)
+    finally:
+        if cost >= TRIM_AFTER_COST:
+            release_free_memory()
