@@ -3,6 +3,7 @@
 
     python benchmarks/speed.py --json benchmarks/results/speed.json
     python benchmarks/speed.py --quick            # smaller: 10,000 images, fewer query repeats
+    python benchmarks/speed.py --skip-index --background-load 1   # + the single query under one busy core
 
 What is measured (each measurement runs in a fresh child process of this script, so that memory and
 warm caches of one measurement never leak into another):
@@ -25,6 +26,12 @@ warm caches of one measurement never leak into another):
    image per forward pass, append the feature to a list, then ``np.save`` of the stacked features.
    The model is created before the clock starts in both ways.
 3. **Peak RSS** of every measurement (see ``_rss`` below for how it is counted).
+4. With ``--background-load N``: **the single query of 1. quiet and with N other busy processes**, in one
+   child: N processes (started before the first loaded block, stopped after the last, and bounded in time)
+   spin a pure-Python loop, each keeping one core busy, during alternate blocks of queries; the other
+   blocks run with them asleep. Quiet and loaded medians and p95s come from the same run, the blocks
+   interleaved, so the machine's own drift falls on both. Goal: loaded median <= 2x and p95 <= 5x the
+   quiet ones.
 
 The tarball is extracted once into ``--cache-dir`` and reused. If it is absent, the indexing part is
 skipped with a message and the script still exits 0.
@@ -59,6 +66,11 @@ QUERY_K = 10
 GOAL_QUERY_SPEEDUP = 50.0
 GOAL_INDEX_RATE = 3000.0
 GOAL_INDEX_SPEEDUP = 2.5
+GOAL_LOAD_MEDIAN_RATIO = 2.0  # single query with background load: loaded median <= 2x the quiet median
+GOAL_LOAD_P95_RATIO = 5.0  # ... and loaded p95 <= 5x the quiet p95
+LOAD_BLOCK = 25  # queries per block of the quiet/loaded interleaving
+LOAD_SETTLE_S = 0.2  # after waking (or stopping) the busy processes, before the next block is timed
+LOAD_MAX_SECONDS = 600.0  # a busy process exits after this long whatever happens (or when its parent dies)
 
 
 # ================================================================================ child measurements
@@ -151,7 +163,8 @@ def one_query_seed(repeats: int, warmup: int) -> dict[str, Any]:
     return {"latency": _percentiles(times), "top_ids": top}
 
 
-def one_query_lookalike(repeats: int, warmup: int) -> dict[str, Any]:
+def _query_index() -> tuple[Any, Any, Any, Any]:
+    """``(image, model, vectors, index)``: the query image and the in-memory Index of measurement 1."""
     import numpy as np
 
     from lookalike.catalog import CatalogEntry
@@ -166,7 +179,11 @@ def one_query_lookalike(repeats: int, warmup: int) -> dict[str, Any]:
     vectors.add(database, np.arange(len(database)))
     root = Path("/nonexistent-bench-root")
     entries = [CatalogEntry(i, f"c{i % 10}/{i:05d}.jpg", 0, 0, "", f"c{i % 10}") for i in range(len(database))]
-    index = Index(model, vectors, entries, root, {"format": "benchmark"})
+    return image, model, vectors, Index(model, vectors, entries, root, {"format": "benchmark"})
+
+
+def one_query_lookalike(repeats: int, warmup: int) -> dict[str, Any]:
+    image, model, vectors, index = _query_index()
 
     for _ in range(warmup):
         hits = index.search(image, k=QUERY_K)
@@ -194,6 +211,80 @@ def one_query_lookalike(repeats: int, warmup: int) -> dict[str, Any]:
             "model.embed": _percentiles(embed_t),
             "ExactIndex.search": _percentiles(search_t),
         },
+    }
+
+
+def _busy_loop(go: Any, stop: Any, parent: int, deadline: float) -> None:
+    """A background-load process: spins a pure-Python loop (one core) while ``go`` is set, sleeps while
+    it is not; exits on ``stop``, when ``parent`` is gone, or at ``deadline`` (``time.monotonic``)."""
+    while not stop.is_set() and os.getppid() == parent and time.monotonic() < deadline:
+        if not go.wait(0.5):
+            continue
+        until = time.perf_counter() + 0.005
+        x = 0
+        while time.perf_counter() < until:
+            for _ in range(1000):
+                x += 1
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process (all its threads) so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def one_query_load(repeats: int, warmup: int, load: int) -> dict[str, Any]:
+    """The single query of :func:`one_query_lookalike`, ``repeats`` times quiet and ``repeats`` times with
+    ``load`` busy processes, in alternate blocks of :data:`LOAD_BLOCK` (which of the two comes first
+    alternates too)."""
+    import multiprocessing as mp
+
+    image, model, vectors, index = _query_index()
+    ctx = mp.get_context("spawn")  # the busy processes import nothing but this script's stdlib modules
+    go, stop = ctx.Event(), ctx.Event()
+    deadline = time.monotonic() + LOAD_MAX_SECONDS
+    workers = [ctx.Process(target=_busy_loop, args=(go, stop, os.getpid(), deadline), daemon=True)
+               for _ in range(load)]  # fmt: skip
+    times: dict[str, list[float]] = {"quiet": [], "loaded": []}
+    other = {"quiet": [0.0, 0.0], "loaded": [0.0, 0.0]}  # machine busy seconds not ours, wall seconds
+    for w in workers:
+        w.start()
+    try:
+        for _ in range(warmup):
+            index.search(image, k=QUERY_K)
+        blocks = -(-repeats // LOAD_BLOCK)
+        for b in range(2 * blocks):
+            state = ("quiet", "loaded")[(b + b // 2) % 2]  # q l l q q l l q ...: each first half the time
+            if state == "loaded":
+                go.set()
+            else:
+                go.clear()
+            time.sleep(LOAD_SETTLE_S)
+            n = min(LOAD_BLOCK, repeats - len(times[state]))
+            busy0, own0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+            for _ in range(n):
+                q0 = time.perf_counter()
+                hits = index.search(image, k=QUERY_K)
+                times[state].append(time.perf_counter() - q0)
+            wall, busy = time.perf_counter() - t0, _busy_cpu_seconds()
+            if busy is not None and busy0 is not None:
+                other[state][0] += busy - busy0 - (_own_cpu_seconds() - own0)
+                other[state][1] += wall
+    finally:
+        stop.set()
+        go.set()
+        for w in workers:
+            w.join(timeout=5)
+            if w.is_alive():
+                w.terminate()
+    return {
+        "background_processes": load,
+        "block": LOAD_BLOCK,
+        "quiet": _percentiles(times["quiet"]),
+        "loaded": _percentiles(times["loaded"]),
+        # cores busy with other work while the blocks ran; the loaded figure includes the N busy processes
+        "other_load_cores_by_block": {k: round(v[0] / v[1], 2) if v[1] else None for k, v in other.items()},
+        "top_ids": [h.id for h in hits],
     }
 
 
@@ -253,6 +344,7 @@ ONE = {
     "baseline": one_baseline,
     "query-seed": one_query_seed,
     "query-lookalike": one_query_lookalike,
+    "query-load": one_query_load,
     "index-seed": one_index_seed,
     "index-lookalike": one_index_lookalike,
 }
@@ -436,6 +528,22 @@ def print_tables(results: dict[str, Any]) -> None:
                 f"{r['img_per_s'] / s['img_per_s']:.1f}x", _fmt_rss(r["rss_mib"]),
                 f"{r.get('other_load_cores', float('nan')):.2f}",
             ])  # fmt: skip
+    rows_l: list[list[str]] = []
+    ld = results.get("query_under_load")
+    if ld:
+        for state in ("quiet", "loaded"):
+            lat = ld[state]
+            busy = f", {ld['background_processes']} busy processes" if state == "loaded" else ""
+            other = ld["other_load_cores_by_block"][state]
+            rows_l.append([state, f"Index.search(image, k=10){busy}", f"{lat['median_ms']:.2f}",
+                           f"{lat['p95_ms']:.2f}", str(lat["runs"]),
+                           f"{other:.2f}" if other is not None else "?"])  # fmt: skip
+        med_ok = ld["median_ratio"] <= GOAL_LOAD_MEDIAN_RATIO
+        p95_ok = ld["p95_ratio"] <= GOAL_LOAD_P95_RATIO
+        rows_l.append(["loaded / quiet", "goal: median <= 2x, p95 <= 5x",
+                       f"{ld['median_ratio']:.2f}x {'PASS' if med_ok else 'FAIL'}",
+                       f"{ld['p95_ratio']:.2f}x {'PASS' if p95_ok else 'FAIL'}", "", ""])  # fmt: skip
+    hl = ["", "what is timed", "median ms", "p95 ms", "runs", "other load"]
     hq = ["way", "what is timed", "median ms", "p95 ms", "runs", "speed-up", "peak RSS MiB", "other load"]
     hi = ["way", "setting", "images", "seconds", "img/s", "vs seed", "peak RSS MiB", "other load"]
     try:
@@ -446,6 +554,7 @@ def print_tables(results: dict[str, Any]) -> None:
         for title, head, rows in (
             (f"One query, {QUERY_DB_SIZE:,} x {QUERY_DIM:,} database, from a decoded 32x32 image", hq, rows_q),
             ("Indexing CIFAR-10 train JPEGs (cifar-seed model)", hi, rows_i),
+            ("One query, quiet and under background load (blocks interleaved in one run)", hl, rows_l),
         ):
             if not rows:
                 continue
@@ -456,7 +565,7 @@ def print_tables(results: dict[str, Any]) -> None:
                 t.add_row(*row)
             console.print(t)
     except ImportError:
-        for head, rows in ((hq, rows_q), (hi, rows_i)):
+        for head, rows in ((hq, rows_q), (hi, rows_i), (hl, rows_l)):
             if rows:
                 print(" | ".join(head))
                 for row in rows:
@@ -479,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the tarball is extracted once")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers to try")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512], help="batch sizes to try")
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="also time the single query quiet and with N busy processes (one core each), "
+                         "interleaved in one run (goal: median <= 2x, p95 <= 5x the quiet ones)")  # fmt: skip
     ap.add_argument("--skip-query", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skip-index", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--one", choices=sorted(ONE), help=argparse.SUPPRESS)
@@ -520,6 +632,16 @@ def main(argv: list[str] | None = None) -> int:
             "note": "the seed way rounds scores to 3 decimals before sorting, so near-ties can reorder",
         }
 
+    if args.background_load > 0:
+        n = args.background_load
+        print(f"query: lookalike way x{look_reps} quiet and x{look_reps} with {n} busy process"
+              f"{'es' if n > 1 else ''}, interleaved ...", flush=True)  # fmt: skip
+        ld = spawn("query-load", repeats=look_reps, warmup=20, load=n)
+        ld["median_ratio"] = ld["loaded"]["median_ms"] / ld["quiet"]["median_ms"]
+        ld["p95_ratio"] = ld["loaded"]["p95_ms"] / ld["quiet"]["p95_ms"]
+        ld["p95_vs_quiet_median"] = ld["loaded"]["p95_ms"] / ld["quiet"]["median_ms"]
+        results["query_under_load"] = ld
+
     if not args.skip_index:
         if not data.is_file():
             print(f"indexing benchmark skipped: {data} not found (it holds the CIFAR-10 JPEGs; see "
@@ -548,6 +670,14 @@ def main(argv: list[str] | None = None) -> int:
     if "query" in results:
         sp = results["query"]["speedup_median"]
         goals["query_speedup_>=50x"] = {"value": round(sp, 1), "met": sp >= GOAL_QUERY_SPEEDUP}
+    ld = results.get("query_under_load")
+    if ld:
+        goals[f"loaded_median_<={GOAL_LOAD_MEDIAN_RATIO:g}x_quiet"] = {
+            "value": round(ld["median_ratio"], 2),
+            "met": ld["median_ratio"] <= GOAL_LOAD_MEDIAN_RATIO,
+        }
+        goals[f"loaded_p95_<={GOAL_LOAD_P95_RATIO:g}x_quiet"] = {
+            "value": round(ld["p95_ratio"], 2), "met": ld["p95_ratio"] <= GOAL_LOAD_P95_RATIO}  # fmt: skip
     ix = results.get("indexing", {})
     if ix.get("best"):
         goals["index_rate_>=3000_img_per_s"] = {"value": round(ix["best"]["img_per_s"]),
@@ -559,7 +689,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print_tables(results)
     print(f"baseline (import torch + lookalike + model): peak RSS {results['baseline_rss_mib']['main']:.0f} MiB")
-    print("other load: cores kept busy by other processes during the measurement (0 = quiet machine)")
+    print(
+        "other load: cores kept busy by other processes during the measurement (0 = quiet machine; "
+        "under load it includes the busy processes)"
+    )
     for name, g in goals.items():
         print(f"goal {name}: {g['value']} -> {'met' if g['met'] else 'NOT met'}")
     if args.json:

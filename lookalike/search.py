@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +67,56 @@ OLD_FORMAT_VERSIONS = (1,)  # loaded (vectors.npy + catalog) but not updated in 
 
 Query = ImageLike | int
 SMALL_QUERY_BATCH = 8  # up to this many queries count as "a few" for the thread plan in search_batch
+
+
+class _OtherLoad:
+    """How busy the rest of the machine is: CPU time of other processes (Linux ``/proc/stat``'s busy time
+    minus this process's own, all its threads) per second, over the last window of at least ``window``
+    seconds. Read at most once a window (34 us), so a query pays a clock read; None until two readings
+    exist, and always None where ``/proc/stat`` is missing."""
+
+    def __init__(self, window: float = 0.1, idle_below: float = 0.5) -> None:
+        self.window = window  # seconds between readings (/proc/stat counts in 10 ms ticks)
+        self.idle_below = idle_below  # cores used by others under which the machine counts as idle
+        self._last: tuple[float, float, float] | None = None  # (monotonic time, machine busy s, own CPU s)
+        self._cores: float | None = None
+        self.clock = time.monotonic  # (tests replace these two)
+        self.own_cpu_seconds = lambda: sum(os.times()[:2])  # user + system of every thread of this process
+
+    @staticmethod
+    def _busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 5:
+            return None
+        return (sum(fields) - fields[3] - fields[4]) / _CLOCK_TICKS  # all but idle and iowait
+
+    def others(self) -> float | None:
+        """Cores other processes kept busy over the last window, or None when unknown."""
+        now = self.clock()
+        last = self._last
+        if last is not None and now - last[0] < self.window:
+            return self._cores
+        busy = self._busy_seconds()
+        if busy is None:
+            return None
+        own = self.own_cpu_seconds()
+        if last is not None:
+            self._cores = max(0.0, (busy - last[1] - (own - last[2])) / (now - last[0]))
+        self._last = (now, busy, own)
+        return self._cores
+
+    def idle(self) -> bool:
+        """True when other processes used under ``idle_below`` cores lately (False when unknown)."""
+        others = self.others()
+        return others is not None and others < self.idle_below
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_OTHER_LOAD = _OtherLoad()  # the machine's load as the thread plan of Index.search_batch sees it
 
 
 @dataclass(frozen=True)
@@ -839,17 +890,23 @@ class Index:
     @staticmethod
     def query_threads(n_queries: int) -> int | None:
         """The thread plan of :meth:`search_batch`: how many threads (torch's and BLAS's alike) a search of
-        ``n_queries`` computes with, or None for the process's own settings.
+        ``n_queries`` computes with from end to end, or None for the process's own settings.
 
-        A few queries (up to :data:`SMALL_QUERY_BATCH`) run on one thread from end to end: one 32-64 px
-        image through the encoder, a float16 shortlist or a float32 product over 10,000-50,000 vectors are
-        too small to share between cores. On a quiet 2-core machine a second thread saves about 0.3 ms of
-        a 2.1 ms query; with one core busy elsewhere, torch's OpenMP and OpenBLAS's workers wait at their
-        barriers for the busy core, and the same query took a median of 10-30 ms and a p95 of 100-240 ms
-        (``benchmarks/speed.py --background-load 1``). Larger batches (indexing, evaluation, a server's
-        queue of many uploads) keep every thread.
+        A few queries (up to :data:`SMALL_QUERY_BATCH`) run on one thread unless the machine is idle
+        (other processes used under half a core over the last tenth of a second, see
+        :class:`_OtherLoad`). A 32-64 px image through the encoder, the float16 shortlist or a float32
+        product over 10,000-50,000 vectors are small: split between cores, every parallel region ends at
+        a barrier where torch's OpenMP workers (GNU libgomp, which spins before it sleeps) and OpenBLAS's
+        wait for each other, and when another process keeps a core busy they wait for its time slice.
+        ``benchmarks/speed.py --background-load 1`` measured the single query at 15-220 ms (median) on
+        two threads against 3-9 ms on one on this shared 2-core machine; when it is idle, the second
+        thread saves 0.7 ms of 2.4 (OMP_WAIT_POLICY=PASSIVE set before torch loads also cures libgomp's
+        part, but that is the application's to set). Larger batches (indexing, evaluation, a server's
+        queue of uploads) keep every thread.
         """
-        return 1 if n_queries <= SMALL_QUERY_BATCH else None
+        if n_queries > SMALL_QUERY_BATCH:
+            return None
+        return None if _OTHER_LOAD.idle() else 1
 
     def search_batch(
         self, queries: Sequence[Query], k: int = 10, *, metric: str = "cosine", exclude_self: bool = False

@@ -443,3 +443,28 @@ def test_a_failed_reload_keeps_the_old_index(own_index: tuple[Path, Path], tmp_p
         assert client.portal.call(state.check_for_update) is False  # the reload failed, with a warning
         assert client.get("/health").json()["images"] == 8
         assert client.get("/api/search", params={"id": 1}).status_code == 200
+
+
+def test_a_reload_waits_for_an_indexing_run_to_finish(own_index: tuple[Path, Path], tmp_path: Path) -> None:
+    """Found by the soak: a reload between two commits of `lookalike index` served a partial index and
+    logged "an indexing run was interrupted" although the run was going on. Now it waits for the run's end."""
+    import json
+
+    from lookalike.catalog import Catalog
+
+    folder, index_dir = own_index
+    app = create_app(index_dir, cache_dir=tmp_path / "cache", warm_up=False, reload_interval=0.1)
+    manifest_path = index_dir / "manifest.json"
+    with TestClient(app) as client:
+        assert client.get("/health").json()["images"] == 8
+        manifest = json.loads(manifest_path.read_text())
+        manifest["complete"] = False  # what a run under way has written
+        manifest_path.write_text(json.dumps(manifest))
+        db = Catalog.open(index_dir / "catalog.sqlite", readonly=False)
+        db.apply(delete_ids=[3])  # a commit of the run
+        db.close()
+        time.sleep(1.0)  # ten checks
+        assert client.get("/health").json()["images"] == 8  # still the state from before the run
+        manifest["complete"] = True
+        manifest_path.write_text(json.dumps(manifest))
+        assert wait_for(lambda: client.get("/health").json()["images"] == 7)

@@ -1,6 +1,7 @@
-"""The thread plan of a search (``Index.query_threads``): a few queries run on one thread end to end, a big
-batch on the process's settings, and torch's and BLAS's process-wide thread counts are restored after,
-whatever happens. Nothing here is timed: what is checked is which thread counts the work saw."""
+"""The thread plan of a search (``Index.query_threads``): a few queries run on one thread end to end unless
+the machine is idle, a big batch on the process's settings, and torch's and BLAS's process-wide thread
+counts are restored after, whatever happens. Nothing here is timed: what is checked is which thread counts
+the work saw (the machine's load is stubbed)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+import lookalike.search
 from lookalike.catalog import CatalogEntry
 from lookalike.errors import LookalikeError
 from lookalike.index import ExactIndex, fp16
 from lookalike.models import Model, blas_threads, compute_threads
-from lookalike.search import SMALL_QUERY_BATCH, Index
+from lookalike.search import SMALL_QUERY_BATCH, Index, _OtherLoad
 
 
 def _index(rows: int, dim: int = 64) -> Index:
@@ -43,6 +45,14 @@ def two_threads():
         yield _settings()
 
 
+@pytest.fixture(autouse=True)
+def busy_machine(monkeypatch):
+    """Another process keeps a core busy (the plan's load reading, stubbed; tests may switch it)."""
+    load = {"idle": False}
+    monkeypatch.setattr(lookalike.search._OTHER_LOAD, "idle", lambda: load["idle"])
+    return load
+
+
 @pytest.fixture(params=[200, 5000], ids=["float32-product", "float16-shortlist"])
 def index(request) -> Index:
     return _index(request.param)
@@ -66,24 +76,43 @@ def _spy(monkeypatch, index: Index) -> dict[str, list]:
     return seen
 
 
-def test_the_plan() -> None:
+def test_the_plan(busy_machine) -> None:
     assert Index.query_threads(1) == 1
     assert Index.query_threads(SMALL_QUERY_BATCH) == 1
     assert Index.query_threads(SMALL_QUERY_BATCH + 1) is None  # a big batch keeps the process's settings
+    busy_machine["idle"] = True
+    assert Index.query_threads(1) is None  # an idle machine lends the query every thread
 
 
+def test_the_load_reading(monkeypatch) -> None:
+    readings = iter([10.0, 10.5, 11.4])  # machine busy seconds; this process used none of it
+    monkeypatch.setattr(_OtherLoad, "_busy_seconds", staticmethod(lambda: next(readings)))
+    clock = iter([100.0, 101.0, 101.05, 102.0, 102.01])
+    load = _OtherLoad(window=0.1)
+    load.clock, load.own_cpu_seconds = lambda: next(clock), lambda: 1.0
+    assert load.others() is None  # one reading: unknown
+    assert load.others() == pytest.approx(0.5)  # 0.5 busy seconds in one second
+    assert load.others() == pytest.approx(0.5)  # within the window: the last estimate, /proc/stat not read
+    assert load.others() == pytest.approx(0.9) and not load.idle()
+    monkeypatch.setattr(_OtherLoad, "_busy_seconds", staticmethod(lambda: None))
+    unknown = _OtherLoad()
+    assert unknown.others() is None and not unknown.idle()  # no /proc/stat: never idle (one thread)
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["busy-machine", "idle-machine"])
 def test_a_single_query_runs_on_the_planned_thread_count_and_restores_the_settings(
-    index, two_threads, monkeypatch
+    index, two_threads, monkeypatch, busy_machine, idle
 ) -> None:
+    busy_machine["idle"] = idle
     # the two paths of a single query: a float32 BLAS product, or torch's float16 shortlist when installed
     assert index.vectors.uses_shortlist(1, 5, "cosine") == (len(index) >= 4096 and fp16.available())
     seen = _spy(monkeypatch, index)
     planned = Index.query_threads(1)
     hits = index.search(_images(1)[0], k=5)
     assert len(hits) == 5
-    n_blas = len(two_threads[1])
-    assert seen["encode"] == [(planned, [planned] * n_blas)]
-    assert seen["search"] == [(planned, [planned] * n_blas)]
+    expected = two_threads if planned is None else (planned, [planned] * len(two_threads[1]))
+    assert planned == (None if idle else 1)
+    assert seen["encode"] == [expected] and seen["search"] == [expected]
     assert _settings() == two_threads  # torch's and BLAS's process-wide settings restored
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import math
 import threading
@@ -86,6 +87,19 @@ def _folder_state(directory: Path | None) -> tuple[int, ...] | None:
     return Index.folder_state(directory) if directory is not None else None
 
 
+WAIT_FOR_RUN_CHECKS = 30  # checks a reload waits for an indexing run to finish (then: a killed run, load it)
+
+
+def _run_finished(directory: Path) -> bool:
+    """Whether the index folder's manifest says its last indexing run is complete (unreadable: True, so
+    the reload itself reports it)."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return bool(manifest.get("complete", True))
+
+
 def _load_again(directory: Path, old: Index) -> Index:
     """The index folder loaded anew, with the model already in memory when it still fits."""
     try:
@@ -133,6 +147,7 @@ class ServerState:
         self._thumbs_before = 0  # thumbnails made by the caches of indexes served before a reload
         self._seen: tuple[int, ...] | None = None  # the folder's state at the previous check
         self._failed: tuple[int, ...] | None = None  # a state whose reload failed (not tried again)
+        self._busy_checks = 0  # checks in a row that found an indexing run under way
         self._watcher: asyncio.Task | None = None
 
     # ------------------------------------------------------------------------------ the current index
@@ -219,6 +234,10 @@ class ServerState:
         previous, self._seen = self._seen, stamp
         if stamp is None or stamp == served.stamp or stamp == self._failed or stamp != previous:
             return False
+        if not await run_in_threadpool(_run_finished, self.index_dir) and self._busy_checks < WAIT_FOR_RUN_CHECKS:
+            self._busy_checks += 1  # `lookalike index` is between two commits: wait for its end (or a kill)
+            return False
+        self._busy_checks = 0
         return await self.reload(stamp)
 
     async def reload(self, stamp: tuple[int, ...] | None = None) -> bool:
