@@ -591,8 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--background-load", type=int, default=0, metavar="N",
                     help="also time the single query quiet and with N busy processes (one core each), "
                          "interleaved in one run (goal: median <= 2x, p95 <= 5x the quiet ones)")  # fmt: skip
-    ap.add_argument("--skip-query", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--skip-index", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-query", action="store_true", help="leave out the query measurements")
+    ap.add_argument("--skip-index", action="store_true", help="leave out the indexing measurements")
     ap.add_argument("--one", choices=sorted(ONE), help=argparse.SUPPRESS)
     ap.add_argument("--one-args", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
