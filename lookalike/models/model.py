@@ -62,23 +62,40 @@ def blas_threads() -> list[int]:
     return [lib.get_num_threads() for lib in _blas_controllers()]
 
 
+def set_blas_threads(n: int, *, rescan: bool = False) -> list[tuple[Any, int]]:
+    """Set every BLAS library :func:`blas_threads` controls to ``n`` threads, process-wide; returns what
+    to give :func:`restore_blas_threads`. ``rescan`` first looks again for the BLAS libraries loaded now
+    (faiss's, say, loaded after the first call). One mechanism for the search planner and the server's
+    engine: threadpoolctl's ``limit()`` beside these handles did not always take effect."""
+    if rescan:
+        _blas_controllers.cache_clear()
+    changed = []
+    for lib in _blas_controllers():
+        before = lib.get_num_threads()
+        if before != n:
+            lib.set_num_threads(n)
+            changed.append((lib, before))
+    return changed
+
+
+def restore_blas_threads(changed: list[tuple[Any, int]]) -> None:
+    """Undo :func:`set_blas_threads`."""
+    for lib, before in reversed(changed):
+        lib.set_num_threads(before)
+
+
 @contextlib.contextmanager
 def compute_threads(n: int) -> Iterator[None]:
     """Run a block with ``n`` torch intra-op threads and ``n`` BLAS threads (numpy's OpenBLAS), restoring
     both after. Both settings are process-wide, as :func:`torch_threads`'s is; setting and restoring them
     costs a few microseconds (threadpoolctl's ``limit()`` would cost 17)."""
-    changed = []
+    changed: list[tuple[Any, int]] = []
     try:
-        for lib in _blas_controllers():
-            before = lib.get_num_threads()
-            if before != n:
-                lib.set_num_threads(n)
-                changed.append((lib, before))
+        changed = set_blas_threads(n)
         with torch_threads(n):
             yield
     finally:
-        for lib, before in reversed(changed):
-            lib.set_num_threads(before)
+        restore_blas_threads(changed)
 
 
 def cpu_supports_bf16() -> bool:

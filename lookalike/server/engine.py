@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LookalikeError
 from ..models import torch_threads
+from ..models.model import restore_blas_threads, set_blas_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..search import Hit, Index
@@ -48,14 +49,10 @@ def default_threads() -> int:
     return max(1, cores - 1)
 
 
-def limit_blas_threads(n: int) -> Any:
-    """Cap the BLAS libraries loaded (numpy's OpenBLAS) at ``n`` threads, process-wide, until the returned
-    handle's ``restore_original_limits()``; None without threadpoolctl (scikit-learn brings it)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover
-        return None
-    return ThreadpoolController().limit(limits=n, user_api="blas")
+def limit_blas_threads(n: int) -> list[tuple[Any, int]]:
+    """Cap the BLAS libraries loaded now (numpy's OpenBLAS, faiss's) at ``n`` threads, process-wide, until
+    :func:`lookalike.models.model.restore_blas_threads` of the returned value."""
+    return set_blas_threads(n, rescan=True)
 
 
 @dataclass
@@ -96,7 +93,9 @@ class SearchEngine:
     # ---------------------------------------------------------------------------------- lifecycle
     async def start(self, warm_up: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        self._blas_limit = await loop.run_in_executor(self._executor, limit_blas_threads, self.threads)
+        # On this thread, not the executor's: OpenBLAS (0.3.31 here) ignores set_num_threads from other
+        # threads once the main thread has called it (the search planner does, via compute_threads).
+        self._blas_limit = limit_blas_threads(self.threads)
         if warm_up:
             await loop.run_in_executor(self._executor, self._warm_up)
         self._queue = asyncio.Queue()
@@ -115,7 +114,7 @@ class SearchEngine:
                     job.future.set_exception(LookalikeError("the server is shutting down"))
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._blas_limit is not None:
-            self._blas_limit.restore_original_limits()
+            restore_blas_threads(self._blas_limit)
             self._blas_limit = None
 
     async def warm_up(self, index: Index) -> None:
