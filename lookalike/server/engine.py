@@ -85,6 +85,7 @@ class SearchEngine:
         self.metrics = metrics
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self._blas_limit: Any = None
+        self._blas_limit_worker: list[Any] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-search")
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
@@ -93,9 +94,10 @@ class SearchEngine:
     # ---------------------------------------------------------------------------------- lifecycle
     async def start(self, warm_up: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        # On this thread, not the executor's: OpenBLAS (0.3.31 here) ignores set_num_threads from other
-        # threads once the main thread has called it (the search planner does, via compute_threads).
+        # On this thread and on the search thread: OpenBLAS (0.3.31 here) ignores set_num_threads from other
+        # threads once the main thread has called it, while some builds keep a count per thread.
         self._blas_limit = limit_blas_threads(self.threads)
+        self._blas_limit_worker = await loop.run_in_executor(self._executor, limit_blas_threads, self.threads)
         if warm_up:
             await loop.run_in_executor(self._executor, self._warm_up)
         self._queue = asyncio.Queue()
@@ -112,6 +114,12 @@ class SearchEngine:
                 job = self._queue.get_nowait()
                 if not job.future.done():
                     job.future.set_exception(LookalikeError("the server is shutting down"))
+        if self._blas_limit_worker:
+            with contextlib.suppress(RuntimeError):  # an executor already shut down
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, restore_blas_threads, self._blas_limit_worker
+                )
+        self._blas_limit_worker = []
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._blas_limit is not None:
             restore_blas_threads(self._blas_limit)
