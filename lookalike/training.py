@@ -204,6 +204,9 @@ class Trainer:
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
             start_epoch = int(resume_state["epoch"])
+            # The model may have been saved after an epoch whose checkpoint was not (a kill in between):
+            # its history then runs past the checkpoint, and that epoch is trained again.
+            self.history = [h for h in self.history if int(h.get("epoch", 0)) <= start_epoch]
         shown = val_idx if len(val_idx) else train_idx  # evenly spread, so sorted folders show every class
         preview = data.pixels[shown[np.linspace(0, len(shown) - 1, min(10, len(shown))).round().astype(int)]]
         emit(self.callbacks, "on_train_start", model, start_epoch, cfg.epochs, steps)

@@ -284,3 +284,20 @@ def test_a_corrupted_checkpoint_is_one_line(tmp_path: Path) -> None:
     line = _one_error_line(_cli("train", folder, "-o", model_dir, "--epochs", "2", "--resume"))
     assert "checkpoint.pt" in line
     Model.load(model_dir)  # the model itself is untouched
+
+
+def test_resume_after_a_kill_between_model_and_checkpoint_keeps_one_history_entry_per_epoch(tmp_path: Path) -> None:
+    """Found by the training-kill test: killed after an epoch's model was saved but before its checkpoint,
+    the resumed run trained that epoch again and recorded it twice (7 history entries for 6 epochs)."""
+    from lookalike.training import train
+
+    folder, out = tmp_path / "imgs", tmp_path / "model"
+    _images(folder, range(12))
+    kw = dict(image_size=16, batch_size=8, seed=0)
+    train(folder, out, epochs=2, **kw)
+    epoch2 = (out / "checkpoint.pt").read_bytes()
+    train(folder, out, epochs=3, resume=True, **kw)
+    (out / "checkpoint.pt").write_bytes(epoch2)  # the model says 3 epochs, the checkpoint 2
+    model = train(folder, out, epochs=4, resume=True, **kw)
+    assert [h["epoch"] for h in model.info["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in Model.load(out).info["history"]] == [1, 2, 3, 4]
