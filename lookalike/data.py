@@ -28,6 +28,7 @@ from .decoding import (
     decode_file,
     file_kind,
     link_problem,
+    os_problem,
     read_file,
     to_mode,
 )
@@ -75,7 +76,7 @@ def file_problem(
                 return f"not a regular file (a link to a {file_kind(target)})"
             return link_problem(path, root, follow_outside=follow_symlinks)
     except OSError as exc:
-        return f"cannot read ({exc.strerror or exc})"
+        return os_problem(exc)
     if stat.S_ISDIR(mode):
         return "is a folder, not an image file"
     if not stat.S_ISREG(mode):
@@ -140,7 +141,7 @@ def scan_images(
                         found.append(entry.path)
                         continue
                 except OSError as exc:
-                    problem = f"cannot read ({exc.strerror or exc})"
+                    problem = os_problem(exc)
                 skipped.append((entry.path, problem))
     if not found and not skipped:
         if not seen_any:
@@ -194,7 +195,7 @@ def decode_image(
     if isinstance(source, bytes):
         label = name if name is not None else "<bytes>"
         return decode_bytes(source, channels, draft_size=draft_size, name=label).image
-    return decode_file(source, channels, draft_size=draft_size)[0].image
+    return decode_file(source, channels, draft_size=draft_size).image
 
 
 def thumbnail(path: str | os.PathLike[str], channels: int = 3, size: int = 96) -> np.ndarray:

@@ -35,8 +35,6 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error  # Pillow raises it on some malformed headers
@@ -114,7 +112,8 @@ def human_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def _os_reason(exc: OSError) -> str:
+def os_problem(exc: OSError) -> str:
+    """A file system refusal as a short reason: 'permission denied', 'symbolic link loop', ..."""
     if exc.errno == errno.ELOOP:
         return "symbolic link loop"
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -155,7 +154,7 @@ def open_regular(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) 
         check_regular(os.stat(path), path, max_bytes)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise ImageDecodeError(path, _os_reason(exc), kind="unreadable") from None
+        raise ImageDecodeError(path, os_problem(exc), kind="unreadable") from None
     try:
         check_regular(os.fstat(fd), path, max_bytes)
     except BaseException:
@@ -169,7 +168,7 @@ def read_limited(fh: BinaryIO, path: object, max_bytes: int = MAX_FILE_BYTES) ->
     try:
         data = fh.read(max_bytes + 1)
     except OSError as exc:
-        raise ImageDecodeError(path, _os_reason(exc), kind="unreadable") from None
+        raise ImageDecodeError(path, os_problem(exc), kind="unreadable") from None
     if len(data) > max_bytes:
         raise ImageDecodeError(path, f"grew past the {human_bytes(max_bytes)} limit while being read", kind="too-large")
     return data
@@ -193,7 +192,7 @@ def sha256_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -
                     raise ImageDecodeError(path, f"grew past the {human_bytes(max_bytes)} limit", kind="too-large")
                 h.update(block)
         except OSError as exc:
-            raise ImageDecodeError(path, _os_reason(exc), kind="unreadable") from None
+            raise ImageDecodeError(path, os_problem(exc), kind="unreadable") from None
     return h.hexdigest()
 
 
@@ -213,7 +212,7 @@ def link_problem(path: str | os.PathLike[str], root: str | os.PathLike[str], *, 
     try:
         lst = os.lstat(path)
     except OSError as exc:
-        return _os_reason(exc)
+        return os_problem(exc)
     if not stat.S_ISLNK(lst.st_mode) and is_inside(os.path.dirname(path) or ".", root):
         return None
     try:
@@ -223,7 +222,7 @@ def link_problem(path: str | os.PathLike[str], root: str | os.PathLike[str], *, 
             return "symbolic link loop"
         if exc.errno == errno.ENOENT:
             return "broken symbolic link (its target does not exist)"
-        return _os_reason(exc)
+        return os_problem(exc)
     if not follow_outside and not is_inside(path, root):
         return "symbolic link to a file outside the folder (index with --follow-symlinks to include it)"
     return None
@@ -251,9 +250,7 @@ def open_indexed_file(
     if "\\" in relative or "\x00" in relative:
         return None
     path = os.path.join(os.fspath(root), *parts)
-    if link_problem(path, root, follow_outside=follow_outside) is not None:
-        return None
-    try:
+    try:  # a broken or looping link fails to open; one out of the root is refused after opening
         fh = open_regular(path, max_bytes)
     except ImageDecodeError:
         return None
@@ -275,8 +272,7 @@ class DecodedImage:
     height: int
 
 
-@contextmanager
-def _quiet_pillow() -> Iterator[None]:
+def _quiet_pillow() -> None:
     """Keep Pillow's warnings about the file being decoded off the terminal (the policy handles them).
 
     ``warnings.catch_warnings`` is not thread-safe, so the filters are added process-wide, for Pillow's
@@ -287,7 +283,6 @@ def _quiet_pillow() -> Iterator[None]:
     if not _filters_installed():
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-    yield
 
 
 def _filters_installed() -> bool:
@@ -315,8 +310,9 @@ def _decoded_size(im: Image.Image, draft_size: int | None) -> tuple[int, int]:
 def decode_cost(data: bytes, draft_size: int | None = None) -> int:
     """Estimated peak bytes of decoding ``data`` (the decoded pixels, at 4 bytes each, plus a shrunk copy);
     0 when the header cannot be read. Cheap: reads the header only."""
+    _quiet_pillow()
     try:
-        with _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:
             w, h = _decoded_size(im, draft_size)
             bands = max(len(im.getbands()), 1)
     except Exception:  # noqa: BLE001 - whatever the header does, it has no cost to report
@@ -350,8 +346,9 @@ def decode_bytes(
     if not data:
         raise ImageDecodeError(name, "empty file", kind="not-image")
     fmt = "?"
+    _quiet_pillow()
     try:
-        with _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "?"
             _check_format(fmt, name)
             w, h = im.size
@@ -365,7 +362,7 @@ def decode_bytes(
                 )
             if fmt == "PNG":
                 im.verify()  # chunk checksums, without decoding the pixels
-        with _quiet_pillow(), Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:
             if draft_size and fmt in ("JPEG", "MPO"):
                 im.draft("RGB" if channels == 3 else "L", (draft_size, draft_size))
             im.load()
@@ -556,7 +553,7 @@ def decode_file(
     draft_size: int | None = None,
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_FILE_BYTES,
-) -> tuple[DecodedImage, bytes]:
-    """Read a file (regular files only, at most ``max_bytes``) and decode it; returns the image and the bytes."""
-    data = read_file(path, max_bytes)
-    return decode_bytes(data, channels, draft_size=draft_size, name=Path(path), max_pixels=max_pixels), data
+) -> DecodedImage:
+    """Read a file (regular files only, at most ``max_bytes``) and decode it."""
+    return decode_bytes(read_file(path, max_bytes), channels, draft_size=draft_size, name=Path(path),
+                        max_pixels=max_pixels)  # fmt: skip

@@ -18,11 +18,7 @@ def display_path(path: object) -> str:
     text = str(text)
     if text.isprintable():
         return text
-    try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # surrogates that are no escaped bytes
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in utf8_name(text))
 
 
 class LookalikeError(Exception):
@@ -52,5 +48,8 @@ def utf8_name(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # surrogates that stand for no byte: as \udXXX
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text

@@ -8,8 +8,8 @@ that refuses instead of queueing without bound:
    being received, parsed and decoded); the next waits at most ``admission_wait`` seconds, then gets 503
    with ``Retry-After``;
 2. the route admits at most ``max_decodes`` decodes at once whose estimated peak memory
-   (:func:`decode_cost`, from the image header) fits ``decode_memory_bytes`` together; one image larger
-   than the whole budget decodes alone. The same wait, then the same 503.
+   (:func:`lookalike.decoding.decode_cost`, from the image header) fits ``decode_memory_bytes``
+   together; one image larger than the whole budget decodes alone. The same wait, then the same 503.
 
 Nothing else waits on these: ``/health``, searches by id, browsing and thumbnails never do, and a big
 decode runs in a worker thread, so the event loop keeps answering them.
@@ -24,14 +24,6 @@ from collections import deque
 from .responses import error_response
 
 BUSY_MESSAGE = "the server is busy with other uploads; retry in a few seconds"
-
-
-def decode_cost(data: bytes, draft_size: int | None = None) -> int:
-    """Estimated peak bytes to decode an upload at the model's draft size (0 when its header cannot be
-    read): :func:`lookalike.decoding.decode_cost`, which reads the header only."""
-    from .uploads import decode_cost as library_cost
-
-    return int(library_cost(data, draft_size=draft_size))
 
 
 def busy_response(retry_after: float) -> object:

@@ -11,12 +11,12 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from fastapi.responses import Response
 
 from ..._memory import release_free_memory
-from ..admission import busy_response, decode_cost
+from ..admission import busy_response
 from ..responses import NOT_FOUND, looks_like_path
 from ..schemas import ERRORS, UPLOAD_ERRORS, SearchOut
 from ..settings import METRICS
 from ..state import Served, ServerState, get_served, get_state
-from ..uploads import UploadError, decode_upload, too_large_message
+from ..uploads import UploadError, decode_cost, decode_upload, too_large_message
 
 INLINE_DECODE_BYTES = 256 * 1024  # uploads at most this large ...
 INLINE_DECODE_COST = 1024 * 1024  # ... that decode into at most this much memory are decoded on the event loop
