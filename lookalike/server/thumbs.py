@@ -19,7 +19,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -162,7 +162,7 @@ class ThumbnailCache:
             return Thumbnail(data, media, etag)
 
     def _make(self, id_: int) -> tuple[bytes, str, str]:
-        file = open_original(self.index, id_)
+        file = self.index.open_file(id_)
         if file is None:
             raise ThumbnailError("the image file is missing or can no longer be read")
         try:
@@ -182,10 +182,3 @@ class ThumbnailCache:
             return buf.getvalue(), ".png", "image/png"
         im.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
         return buf.getvalue(), ".jpg", "image/jpeg"
-
-
-def open_original(index: Index, id_: int) -> BinaryIO | None:
-    """The indexed file of an id, open for reading, or None when it may not be served (no longer a regular
-    file inside the indexed folder with the catalog's size and mtime): :meth:`lookalike.search.Index.open_file`.
-    The caller closes it."""
-    return index.open_file(id_)

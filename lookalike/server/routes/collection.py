@@ -18,7 +18,7 @@ from ..responses import NOT_FOUND, parse_id
 from ..schemas import ERRORS, InfoOut, PageOut
 from ..settings import METRICS
 from ..state import Served, ServerState, get_served, get_state
-from ..thumbs import ThumbnailError, open_original
+from ..thumbs import ThumbnailError
 
 router = APIRouter(tags=["collection"])
 State = Annotated[ServerState, Depends(get_state)]
@@ -137,7 +137,7 @@ async def original(
     the file is a regular file inside the indexed folder whose size and modification time are still the
     catalog's (a file swapped for a link, a pipe or other content since it was indexed: 404)."""
     id_ = entry_id(image_id, served)
-    file = await run_in_threadpool(open_original, served.index, id_)
+    file = await run_in_threadpool(served.index.open_file, id_)
     if file is None:
         raise HTTPException(404, NOT_FOUND)
     try:
