@@ -1115,6 +1115,15 @@ class Index:
             out += [st.st_ino, st.st_size, st.st_mtime_ns]
         return tuple(out)
 
+    @staticmethod
+    def run_finished(directory: str | os.PathLike[str]) -> bool:
+        """Whether the index folder's last indexing run is complete (its manifest says so); an unreadable
+        manifest counts as complete, so loading the folder reports the problem."""
+        try:
+            return bool(read_json(Path(directory) / MANIFEST_NAME, "index manifest").get("complete", True))
+        except LookalikeError:
+            return True
+
 
 def evaluate(
     index_dir: str | os.PathLike[str],

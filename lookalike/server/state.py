@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import math
 import threading
@@ -88,16 +87,6 @@ def _folder_state(directory: Path | None) -> tuple[int, ...] | None:
 
 
 WAIT_FOR_RUN_CHECKS = 30  # checks a reload waits for an indexing run to finish (then: a killed run, load it)
-
-
-def _run_finished(directory: Path) -> bool:
-    """Whether the index folder's manifest says its last indexing run is complete (unreadable: True, so
-    the reload itself reports it)."""
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return bool(manifest.get("complete", True))
 
 
 def _load_again(directory: Path, old: Index) -> Index:
@@ -234,7 +223,7 @@ class ServerState:
         previous, self._seen = self._seen, stamp
         if stamp is None or stamp == served.stamp or stamp == self._failed or stamp != previous:
             return False
-        if not await run_in_threadpool(_run_finished, self.index_dir) and self._busy_checks < WAIT_FOR_RUN_CHECKS:
+        if not await run_in_threadpool(Index.run_finished, self.index_dir) and self._busy_checks < WAIT_FOR_RUN_CHECKS:
             self._busy_checks += 1  # `lookalike index` is between two commits: wait for its end (or a kill)
             return False
         self._busy_checks = 0
