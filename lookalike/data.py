@@ -15,11 +15,13 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ._callbacks import emit
 from ._fs import worker_start
 from .config import Preprocessing
 from .decoding import (
@@ -153,21 +155,32 @@ def scan_images(
     return FolderScan([Path(p) for p in found], [(Path(p), why) for p, why in skipped])
 
 
-def find_images(root: str | os.PathLike[str], *, follow_symlinks: bool = False) -> list[Path]:
-    """The image files under ``root`` (see :func:`scan_images`; what it skips is logged, not returned).
+def scan_readable(
+    root: str | os.PathLike[str], *, follow_symlinks: bool = False, callbacks: Sequence[Any] = ()
+) -> FolderScan:
+    """:func:`scan_images`, reporting each skipped file (``on_skip(path, reason)`` of the callbacks, or
+    the log without any) and refusing a folder whose every image file was skipped.
 
     Raises:
         LookalikeError: the folder is missing, is not a folder, is empty, or holds no images it can read.
     """
     scan = scan_images(root, follow_symlinks=follow_symlinks)
     for path, why in scan.skipped:
-        logger.info("skipped %s: %s", display_path(path), why)
+        if callbacks:
+            emit(callbacks, "on_skip", path, why)
+        else:
+            logger.info("skipped %s: %s", display_path(path), why)
     if not scan.files:
         raise LookalikeError(
-            f"{display_path(Path(root).expanduser())}: no readable images ({len(scan.skipped)} skipped, the first: "
-            f"{display_path(scan.skipped[0][0])}: {scan.skipped[0][1]})"
+            f"{display_path(Path(root).expanduser())}: none of the {len(scan.skipped)} image files could be read "
+            f"(the first: {display_path(scan.skipped[0][0])}: {scan.skipped[0][1]})"
         )
-    return scan.files
+    return scan
+
+
+def find_images(root: str | os.PathLike[str], *, follow_symlinks: bool = False) -> list[Path]:
+    """The image files under ``root`` (see :func:`scan_readable`; what it skips is logged, not returned)."""
+    return scan_readable(root, follow_symlinks=follow_symlinks).files
 
 
 def decode_image(

@@ -37,7 +37,7 @@ from ._callbacks import emit
 from ._fs import make_temp_dir
 from ._version import __version__
 from .catalog import Catalog, CatalogEntry, SkippedFile, label_for
-from .data import find_images, is_image_file, scan_images, thumbnail
+from .data import find_images, is_image_file, scan_readable, thumbnail
 from .decoding import open_indexed_file
 from .embed import embed_files
 from .errors import LookalikeError, display_path
@@ -528,13 +528,9 @@ class Index:
             index = cls.load(out_dir, model=model if isinstance(model, Model) else None)
             index.last_update = summary
             return index
-        scan = scan_images(folder, follow_symlinks=bool(follow_symlinks))
+        scan = scan_readable(folder, follow_symlinks=bool(follow_symlinks), callbacks=callbacks)
         paths = scan.files
-        for path, reason in scan.skipped:
-            emit(callbacks, "on_skip", path, reason)
         root = Path(folder).expanduser().resolve()
-        if not paths:
-            raise LookalikeError(f"{display_path(root)}: none of the {len(scan.skipped)} image files could be read")
         if model is None:
             from .training import train
 

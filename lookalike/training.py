@@ -30,8 +30,8 @@ from ._callbacks import emit
 from ._fs import check_dir_creatable, make_dirs
 from .augment import Augmentation, random_view
 from .config import Preprocessing, TrainConfig
-from .data import arrays_to_pixels, image_loader, normalize, normalize_unit, scan_images
-from .errors import LookalikeError, display_path
+from .data import arrays_to_pixels, image_loader, normalize, normalize_unit, scan_readable
+from .errors import LookalikeError
 from .models import Model, resolve_device
 from .models.model import cpu_supports_bf16
 from .objectives import OBJECTIVES, invariance_loss
@@ -414,12 +414,8 @@ def train(
     paths: list[Path] | None = None
     refused: list[tuple[Path, str]] = []
     if isinstance(source, str | os.PathLike):
-        scan = scan_images(source)
+        scan = scan_readable(source, callbacks=callbacks)
         paths, refused = scan.files, scan.skipped
-        for path, reason in refused:
-            emit(callbacks, "on_skip", path, reason)
-        if not paths:
-            raise LookalikeError(f"{display_path(source)}: none of the {len(refused)} image files could be read")
     if resume:
         if out is None:
             raise LookalikeError("resume needs the model directory that holds checkpoint.pt")
