@@ -17,9 +17,12 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .errors import LookalikeError, display_path
 
@@ -100,6 +103,18 @@ class Located:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """The store's state as of one read transaction (see :meth:`Catalog.snapshot`)."""
+
+    entries: Entries
+    shard: np.ndarray  # per entry (by position), the shard holding its vector; -1 for none
+    row: np.ndarray  # per entry, its row in that shard; -1 for none
+    shards: dict[int, int]  # committed shard -> rows in its file
+    skipped: list[SkippedFile]
+    meta: dict[str, int]
+
+
+@dataclass(frozen=True)
 class SkippedFile:
     """An unreadable file, as it was when it was tried."""
 
@@ -119,6 +134,143 @@ class CatalogEntry:
     mtime_ns: int  # modification time, nanoseconds since the epoch
     sha256: str  # hex digest of the file's bytes
     label: str | None = None  # parent folder relative to the root, None for files at the root
+
+
+_ROW_COLUMNS = "id, CAST(path AS BLOB), size, mtime_ns, sha256, CAST(label AS BLOB)"  # what Entries reads
+
+
+class Entries(Mapping[int, CatalogEntry]):
+    """The catalog's image rows in memory, as columns: id -> :class:`CatalogEntry`, built on access.
+
+    What an :class:`~lookalike.search.Index` holds for its images. A dict of entries and one of paths cost
+    about 300 bytes of small Python objects per image, more while they are read from SQLite, and a
+    server that reloads its index when the folder changes holds the old and the new one for a moment:
+    the allocator kept that high-water mark for good (+90 MiB, then +31 MiB, over the first two reloads
+    of 50,000 images). These columns (ids, sizes, mtimes, digests, the paths in one NUL-separated byte
+    string, label codes and a hash table of the paths) cost about 150 bytes per image in a dozen buffers
+    that are given back whole, and reloads stay flat (``benchmarks/reload_memory.py``). Paths are the file system's bytes (names that are not UTF-8 come back as the same
+    surrogate-escaped strings).
+    """
+
+    __slots__ = ("_ids", "_sizes", "_mtimes", "_digests", "_blob", "_starts", "_codes", "_labels",
+                 "_hash_order", "_hashes")  # fmt: skip
+
+    def __init__(self, rows: Iterable[tuple[int, bytes, int, int, str, bytes | None]] = ()) -> None:
+        """``rows``: ``(id, path bytes, size, mtime_ns, sha256 hex, label bytes or None)``, ids ascending."""
+        ids, sizes, mtimes, starts, codes, hashes = (array("q") for _ in range(6))
+        digests, blob = bytearray(), bytearray(b"\0")
+        label_codes: dict[bytes, int] = {}
+        for id_, path, size, mtime_ns, sha256, label in rows:
+            if ids and id_ <= ids[-1]:
+                raise ValueError(f"catalog rows out of order: id {id_} after {ids[-1]}")
+            ids.append(id_)
+            sizes.append(size)
+            mtimes.append(mtime_ns)
+            digest = sha256.encode("ascii")
+            if len(digest) > 64:
+                raise ValueError(f"image {id_}: sha256 {sha256!r} is not a hex digest")
+            digests += digest.ljust(64, b"\0")
+            starts.append(len(blob))
+            blob += path
+            blob += b"\0"
+            codes.append(-1 if label is None else label_codes.setdefault(label, len(label_codes)))
+            hashes.append(hash(path))
+        self._ids = np.frombuffer(ids, dtype=np.int64) if ids else np.empty(0, np.int64)
+        self._sizes, self._mtimes, self._starts, self._codes = (
+            np.frombuffer(a, dtype=np.int64) if a else np.empty(0, np.int64) for a in (sizes, mtimes, starts, codes)
+        )
+        self._digests = np.frombuffer(bytes(digests), dtype="S64")
+        self._blob = bytes(blob)
+        self._labels = [_TEXT(label) for label in label_codes]
+        all_hashes = np.frombuffer(hashes, dtype=np.int64) if hashes else np.empty(0, np.int64)
+        self._hash_order = np.argsort(all_hashes, kind="stable")
+        self._hashes = all_hashes[self._hash_order]
+
+    @classmethod
+    def of(cls, entries: Iterable[CatalogEntry]) -> Entries:
+        """Columns of these entries (any order; ids must be unique)."""
+
+        def raw(text: str) -> bytes:
+            return text.encode("utf-8", "surrogateescape")
+
+        rows = sorted(entries, key=lambda e: e.id)
+        return cls((e.id, raw(e.path), e.size, e.mtime_ns, e.sha256, None if e.label is None else raw(e.label))
+                   for e in rows)  # fmt: skip
+
+    # ----------------------------------------------------------------------------- the mapping
+    def _position(self, id_: object) -> int:
+        if isinstance(id_, bool) or not isinstance(id_, int | np.integer):
+            raise KeyError(id_)
+        pos = int(self._ids.searchsorted(int(id_)))
+        if pos == len(self._ids) or self._ids[pos] != id_:
+            raise KeyError(id_)
+        return pos
+
+    def _entry(self, pos: int) -> CatalogEntry:
+        code = int(self._codes[pos])
+        return CatalogEntry(int(self._ids[pos]), self._path(pos), int(self._sizes[pos]), int(self._mtimes[pos]),
+                            self._digests[pos].decode("ascii"), None if code < 0 else self._labels[code])  # fmt: skip
+
+    def _path(self, pos: int) -> str:
+        start = int(self._starts[pos])
+        return _TEXT(self._blob[start : self._blob.index(b"\0", start)])
+
+    def __getitem__(self, id_: object) -> CatalogEntry:
+        return self._entry(self._position(id_))
+
+    def __contains__(self, id_: object) -> bool:
+        try:
+            self._position(id_)
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids.tolist())
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"<Entries: {len(self):,} images>"
+
+    def rows(self) -> Iterator[CatalogEntry]:
+        """Every entry, by id (faster than ``values()``, which looks each id up)."""
+        return (self._entry(pos) for pos in range(len(self._ids)))
+
+    # ------------------------------------------------------------------------------- columns
+    @property
+    def ids(self) -> np.ndarray:
+        """Every id, ascending (read-only)."""
+        return self._ids
+
+    def labels(self) -> dict[int, str]:
+        """id -> label of every labelled image."""
+        return {i: self._labels[c] for i, c in zip(self._ids.tolist(), self._codes.tolist()) if c >= 0}
+
+    def label_names(self) -> list[str]:
+        """The distinct labels, in the order they first appear."""
+        used = set(self._codes.tolist())
+        return [label for code, label in enumerate(self._labels) if code in used]
+
+    def id_of(self, relative: str) -> int | None:
+        """The id of the image at this relative POSIX path, or None."""
+        raw = relative.encode("utf-8", "surrogateescape")
+        h = hash(raw)
+        pos = int(self._hashes.searchsorted(h))
+        while pos < len(self._hashes) and self._hashes[pos] == h:
+            row = int(self._hash_order[pos])
+            start = int(self._starts[row])
+            if self._blob[start : start + len(raw) + 1] == raw + b"\0":
+                return int(self._ids[row])
+            pos += 1
+        return None
+
+    def has_under(self, folder: str) -> bool:
+        """Whether an image lies under this relative folder (``""``: whether there is any image)."""
+        if not folder:
+            return len(self) > 0
+        return b"\0" + folder.rstrip("/").encode("utf-8", "surrogateescape") + b"/" in self._blob
 
 
 def label_for(relative: str) -> str | None:
@@ -206,9 +358,7 @@ class Catalog:
 
     def id_of(self, relative_path: str) -> int | None:
         """The id of a relative path, or None."""
-        row = self._db.execute(
-            "SELECT id FROM images WHERE path = CAST(? AS TEXT)", (_name(relative_path),)
-        ).fetchone()
+        row = self._db.execute("SELECT id FROM images WHERE path = CAST(? AS TEXT)", (_name(relative_path),)).fetchone()
         return int(row[0]) if row else None
 
     # ----------------------------------------------------------------- the index folder's store (format 2)
@@ -230,15 +380,22 @@ class Catalog:
     def _fail(self, what: str, exc: sqlite3.Error) -> LookalikeError:
         return LookalikeError(f"{self.path}: cannot {what} ({exc})")
 
-    def snapshot(self) -> tuple[list[Located], dict[int, int], list[SkippedFile], dict[str, int]]:
-        """Every located row (by id), the committed shards (number -> rows), skipped files and counters,
-        read in one transaction, so they agree even while a writer commits."""
+    def snapshot(self) -> Snapshot:
+        """Every image row (as :class:`Entries`, with where its vector is), the committed shards, skipped
+        files and counters, read in one transaction, so they agree even while a writer commits. The rows
+        stream into columns: no object per row is kept."""
+        places = array("q")
+
+        def rows(cursor: sqlite3.Cursor) -> Iterator[tuple[int, bytes, int, int, str, bytes | None]]:
+            for r in cursor:
+                places.append(-1 if r[6] is None else r[6])
+                places.append(-1 if r[7] is None else r[7])
+                yield r[:6]
+
         try:
             self._db.execute("BEGIN")
             try:
-                rows = self._db.execute(
-                    "SELECT id, path, size, mtime_ns, sha256, label, shard, row FROM images ORDER BY id"
-                ).fetchall()
+                entries = Entries(rows(self._db.execute(f"SELECT {_ROW_COLUMNS}, shard, row FROM images ORDER BY id")))
                 shards = dict(self._db.execute("SELECT shard, rows FROM shards").fetchall())
                 skipped = self.skipped()
                 meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -246,7 +403,8 @@ class Catalog:
                 self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._fail("read the catalog", exc) from None
-        return [Located(CatalogEntry(*r[:6]), r[6], r[7]) for r in rows], shards, skipped, meta
+        where = np.frombuffer(places, dtype=np.int64).reshape(-1, 2) if places else np.empty((0, 2), np.int64)
+        return Snapshot(entries, where[:, 0], where[:, 1], shards, skipped, meta)
 
     def file_states(self) -> dict[str, tuple[int, int, int]]:
         """Relative path -> (id, size, mtime_ns) of every image: what change detection compares."""

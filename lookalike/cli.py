@@ -553,7 +553,7 @@ def _plot_results(
 
     size = 96
     if labels is None:
-        labels = {i: e.label for i, e in idx.entries.items() if e.label is not None}
+        labels = idx.entries.labels()
     if query_labels is None:
         query_labels = [labels.get(q) if isinstance(q, int) else None for q in queries]
     rows = []
@@ -1190,7 +1190,7 @@ def demo(
         idx = Index.build(images_dir, model, output / "index", num_workers=1, callbacks=callbacks)
     # One query per class (the first image of each of the first `queries` classes), self excluded.
     first_of_label: dict[str, int] = {}
-    for e in idx.entries.values():
+    for e in idx.entries.rows():
         first_of_label.setdefault(e.label or "", e.id)
     picks = list(first_of_label.values())[:queries]
     results = idx.search_batch(picks, k, exclude_self=True)

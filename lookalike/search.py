@@ -36,7 +36,7 @@ import numpy as np
 from ._callbacks import emit
 from ._fs import make_temp_dir
 from ._version import __version__
-from .catalog import Catalog, CatalogEntry, SkippedFile, label_for
+from .catalog import Catalog, CatalogEntry, Entries, SkippedFile, label_for
 from .data import find_images, is_image_file, scan_readable, thumbnail
 from .decoding import open_indexed_file
 from .embed import embed_files
@@ -454,15 +454,14 @@ class Index:
         self,
         model: Model,
         vectors: ExactIndex,
-        entries: Sequence[CatalogEntry],
+        entries: Entries | Sequence[CatalogEntry],
         root: Path,
         manifest: dict[str, Any],
         directory: Path | None = None,
     ) -> None:
         self.model = model
         self.vectors = vectors
-        self.entries = {e.id: e for e in entries}
-        self._by_path = {e.path: e.id for e in entries}
+        self.entries = entries if isinstance(entries, Entries) else Entries.of(entries)  # id -> CatalogEntry
         self.root = root
         self.manifest = manifest
         self.directory = directory
@@ -735,7 +734,7 @@ class Index:
 
     def _refresh(self, summary: UpdateSummary) -> UpdateSummary:
         fresh = Index.load(self.directory, model=self.model)
-        self.vectors, self.entries, self._by_path = fresh.vectors, fresh.entries, fresh._by_path
+        self.vectors, self.entries = fresh.vectors, fresh.entries
         self.searcher, self.backend = fresh.searcher, fresh.backend
         self.root, self.manifest, self.last_update = fresh.root, fresh.manifest, summary
         return summary
@@ -813,13 +812,10 @@ class Index:
         return self._refresh(summary)
 
     def _names_rows(self, rel: str) -> bool:
-        if not rel:
-            return bool(self._by_path)
-        if rel in self._by_path:
+        if self.entries.id_of(rel) is not None or self.entries.has_under(rel):
             return True
-        prefix = rel.rstrip("/") + "/"
         skipped = {Path(s["path"]).relative_to(self.root).as_posix() for s in self.manifest.get("skipped", [])}
-        return any(p.startswith(prefix) for p in self._by_path) or rel in skipped
+        return rel in skipped
 
     # ------------------------------------------------------------------------------------------ query
     def __len__(self) -> int:
@@ -859,8 +855,9 @@ class Index:
                 rel = form.relative_to(self.root).as_posix()
             except ValueError:
                 continue
-            if rel in self._by_path:
-                return self._by_path[rel]
+            found = self.entries.id_of(rel)
+            if found is not None:
+                return found
         return None
 
     def _embed_queries(self, queries: Sequence[Query], threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -952,13 +949,13 @@ class Index:
                 indexed folder); None takes the catalog's labels, each image's sub-folder.
         """
         if labels is None:
-            return {i: e.label for i, e in self.entries.items() if e.label is not None}
+            return self.entries.labels()
         lookup = _label_lookup(read_label_file(labels), [self.root], Path(labels))
         out = {}
-        for i, e in self.entries.items():
+        for e in self.entries.rows():
             label = lookup.get(os.path.normpath(self.root / e.path))
             if label is not None:
-                out[i] = label
+                out[e.id] = label
         return out
 
     def evaluate(

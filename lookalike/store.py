@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ._fs import atomic_write_with, current_umask, fsync_dir, hold_lock_fd, make_temp_dir, release_lock_fd
-from .catalog import Catalog, CatalogEntry, Located, SkippedFile
+from .catalog import Catalog, CatalogEntry, Entries, Located, SkippedFile, Snapshot
 from .errors import LookalikeError
 from .index import ExactIndex
 from .index.exact import l2_normalize
@@ -124,8 +124,8 @@ def _load_shard(path: Path, rows: int, dim: int) -> np.ndarray:
     return array
 
 
-def read_vectors(directory: Path, dim: int) -> tuple[list[CatalogEntry], ExactIndex, list[SkippedFile]]:
-    """Load an index folder's entries (by id) and their vectors, as of one committed catalog state.
+def read_vectors(directory: Path, dim: int) -> tuple[Entries, ExactIndex, list[SkippedFile]]:
+    """Load an index folder's entries and their vectors, as of one committed catalog state.
 
     Raises:
         LookalikeError: an unreadable catalog or shard, or a catalog row without its vector.
@@ -133,37 +133,42 @@ def read_vectors(directory: Path, dim: int) -> tuple[list[CatalogEntry], ExactIn
     for attempt in range(5):
         catalog = Catalog.open(directory / CATALOG_NAME)
         try:
-            located, shards, skipped, _ = catalog.snapshot()
+            state = catalog.snapshot()
         finally:
             catalog.close()
         try:
-            return [x.entry for x in located], _gather(directory, located, shards, dim), skipped
+            return state.entries, _gather(directory, state, dim), state.skipped
         except FileNotFoundError as exc:  # a writer compacted the shards after our snapshot: read it again
             logger.debug("%s: %s vanished while loading (attempt %d)", directory, exc.filename, attempt + 1)
     raise LookalikeError(f"{directory}: shard files keep changing while loading; is a writer compacting it?")
 
 
-def _gather(directory: Path, located: Sequence[Located], shards: dict[int, int], dim: int) -> ExactIndex:
-    n = len(located)
+def _gather(directory: Path, state: Snapshot, dim: int) -> ExactIndex:
+    n = len(state.entries)
     vectors = np.empty((n, dim), dtype=np.float32)
     norms = np.empty(n, dtype=np.float32)
-    ids = np.fromiter((x.entry.id for x in located), dtype=np.int64, count=n)
-    by_shard: dict[int, list[tuple[int, int]]] = defaultdict(list)  # shard -> (position, row)
-    for pos, x in enumerate(located):
-        if x.shard is None or x.shard not in shards or not 0 <= x.row < shards[x.shard]:
-            raise LookalikeError(
-                f"{directory / CATALOG_NAME}: image {x.entry.id} ({x.entry.path}) has no stored vector "
-                f"(shard {x.shard}, row {x.row}); rebuild the index"
-            )
-        by_shard[x.shard].append((pos, x.row))
-    for shard in sorted(by_shard):
-        where = np.array(by_shard[shard], dtype=np.int64)
-        array = _load_shard(shard_path(directory, shard), shards[shard], dim)
-        unit, raw_norms = l2_normalize(array[where[:, 1]])  # the same arithmetic as ExactIndex.add
-        vectors[where[:, 0]] = unit
-        norms[where[:, 0]] = raw_norms
+    shard_of, row_of = state.shard, state.row
+    numbers, which = np.unique(shard_of, return_inverse=True)  # the shards used; per entry, which of them
+    rows_in = np.array([state.shards.get(int(s), -1) for s in numbers], dtype=np.int64)[which] if n else shard_of
+    bad = np.flatnonzero((shard_of < 0) | (rows_in < 0) | (row_of < 0) | (row_of >= rows_in))
+    if len(bad):
+        pos = int(bad[0])
+        e = state.entries[int(state.entries.ids[pos])]
+        shard, row = (None if v < 0 else int(v) for v in (shard_of[pos], row_of[pos]))
+        raise LookalikeError(
+            f"{directory / CATALOG_NAME}: image {e.id} ({e.path}) has no stored vector "
+            f"(shard {shard}, row {row}); rebuild the index"
+        )
+    by_shard = np.argsort(which, kind="stable")  # positions grouped by shard
+    bounds = np.searchsorted(which[by_shard], np.arange(len(numbers) + 1))
+    for k, shard in enumerate(numbers.tolist()):
+        where = by_shard[bounds[k] : bounds[k + 1]]
+        array = _load_shard(shard_path(directory, shard), state.shards[shard], dim)
+        unit, raw_norms = l2_normalize(array[row_of[where]])  # the same arithmetic as ExactIndex.add
+        vectors[where] = unit
+        norms[where] = raw_norms
     index = ExactIndex(dim)
-    index.vectors, index.norms, index.ids = vectors, norms, ids
+    index.vectors, index.norms, index.ids = vectors, norms, state.entries.ids.copy()
     return index
 
 

@@ -103,21 +103,22 @@ def check(out: Path, embeddings: Embeddings, known_paths: set[str]) -> tuple[str
         return "absent", set()
     index = Index.load(out)  # must always work
     catalog = Catalog.open(out / "catalog.sqlite")
-    located, shards, _, _ = catalog.snapshot()
+    state = catalog.snapshot()
     catalog.close()
-    ids = sorted(x.entry.id for x in located)
-    assert len(index) == len(located) == len(index.vectors.ids) == index.manifest["count"]
+    shards, rows = state.shards, list(state.entries.rows())
+    ids = [e.id for e in rows]
+    assert len(index) == len(rows) == len(index.vectors.ids) == index.manifest["count"]
     assert sorted(index.vectors.ids.tolist()) == ids == sorted(index.entries)  # every row has a vector, and back
-    for shard, rows in shards.items():  # every committed shard is a complete file
-        assert np.load(shard_path(out, shard), mmap_mode="r").shape == (rows, index.vectors.dim)
-    for x in located:
-        assert x.shard in shards and 0 <= x.row < shards[x.shard]
-        assert x.entry.path in known_paths
-        want = embeddings.by_sha[x.entry.sha256]  # the content the row names, embedded afresh
-        np.testing.assert_allclose(index.vectors.reconstruct([x.entry.id])[0], want, rtol=1e-6, atol=1e-6)
+    for shard, n in shards.items():  # every committed shard is a complete file
+        assert np.load(shard_path(out, shard), mmap_mode="r").shape == (n, index.vectors.dim)
+    for e, shard, row in zip(rows, state.shard.tolist(), state.row.tolist()):
+        assert shard in shards and 0 <= row < shards[shard]
+        assert e.path in known_paths
+        want = embeddings.by_sha[e.sha256]  # the content the row names, embedded afresh
+        np.testing.assert_allclose(index.vectors.reconstruct([e.id])[0], want, rtol=1e-6, atol=1e-6)
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp") or (p.name.startswith("vectors-") and
                  int(p.name[8:13]) not in shards)]  # fmt: skip
-    return ("leftovers" if leftovers else ""), {x.entry.path for x in located}
+    return ("leftovers" if leftovers else ""), {e.path for e in rows}
 
 
 def _relative_paths(folder: Path) -> set[str]:

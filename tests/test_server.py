@@ -218,6 +218,7 @@ def test_search_json_is_what_jsonresponse_writes(served: TestClient, index, monk
     JSONResponse would write for the same content, for awkward paths and labels too."""
     import dataclasses
 
+    from lookalike.catalog import Entries
     from lookalike.search import Hit
     from lookalike.server.app import json_text
 
@@ -226,8 +227,10 @@ def test_search_json_is_what_jsonresponse_writes(served: TestClient, index, monk
         assert r.content == json_text(r.json()).encode("utf-8")
     state = served.app.state.lookalike  # type: ignore[attr-defined]
     odd = {'a "quoted"\\back/slash\n.png': 'é "x"\u2028', "plain.png": None}
+    rows = {e.id: e for e in index.entries.rows()}
+    rows.update({i: dataclasses.replace(rows[i], path=path, label=label) for i, (path, label) in enumerate(odd.items())})
+    monkeypatch.setattr(state.index, "entries", Entries.of(rows.values()))
     for i, (path, label) in enumerate(odd.items()):
-        monkeypatch.setitem(state.index.entries, i, dataclasses.replace(index.entries[i], path=path, label=label))
         for score in (0.123456789, -1.0, 1e-30, 2.5):
             hit = Hit(i + 1, i, Path("/x"), score, label)
             assert state.hit_json(hit) == json_text(state.hit_out(hit))

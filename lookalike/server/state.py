@@ -37,6 +37,7 @@ from .telemetry import Metrics
 from .thumbs import ThumbnailCache
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class Served:
     """One loaded index and what the routes derive from it; replaced as a whole on a reload."""
 
     index: Index
-    ids: list[int]  # sorted, for paging
+    ids: np.ndarray  # every id, ascending (for paging)
     label_count: int  # distinct sub-folders
     thumbs: ThumbnailCache
     loaded_at: float  # time.time() when it was loaded
@@ -149,10 +150,6 @@ class ServerState:
         return self.current.thumbs if self.current is not None else None
 
     @property
-    def ids(self) -> list[int]:
-        return self.current.ids if self.current is not None else []
-
-    @property
     def thumbs_generated(self) -> int:
         return self._thumbs_before + (self.current.thumbs.generated if self.current is not None else 0)
 
@@ -160,8 +157,8 @@ class ServerState:
         """Derive what the routes need from a loaded index (in a worker thread: it walks every entry)."""
         return Served(
             index=index,
-            ids=sorted(index.entries),
-            label_count=len({e.label for e in index.entries.values() if e.label is not None}),
+            ids=index.entries.ids,
+            label_count=len(index.entries.label_names()),
             thumbs=ThumbnailCache(index, self.settings.thumb_size, cache_dir),
             loaded_at=time.time(),
             stamp=stamp,

@@ -43,7 +43,7 @@ async def list_images(
     if page < 1 or page > pages:
         notice = f"page {page} is out of range; showing page {min(max(page, 1), pages)} of {pages}"
         page = min(max(page, 1), pages)
-    chosen = served.ids[(page - 1) * per : page * per]
+    chosen = served.ids[(page - 1) * per : page * per].tolist()
     return {"page": page, "pages": pages, "per_page": per, "total": total, "notice": notice,
             "images": [state.image_out(i, served) for i in chosen]}  # fmt: skip
 
