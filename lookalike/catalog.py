@@ -148,8 +148,8 @@ class Entries(Mapping[int, CatalogEntry]):
     the allocator kept that high-water mark for good (+90 MiB, then +31 MiB, over the first two reloads
     of 50,000 images). These columns (ids, sizes, mtimes, digests, the paths in one NUL-separated byte
     string, label codes and a hash table of the paths) cost about 150 bytes per image in a dozen buffers
-    that are given back whole, and reloads stay flat (``benchmarks/reload_memory.py``). Paths are the file system's bytes (names that are not UTF-8 come back as the same
-    surrogate-escaped strings).
+    that are given back whole, and reloads stay flat (``benchmarks/reload_memory.py``). Paths are the
+    file system's bytes (names that are not UTF-8 come back as the same surrogate-escaped strings).
     """
 
     __slots__ = ("_ids", "_sizes", "_mtimes", "_digests", "_blob", "_starts", "_codes", "_labels",

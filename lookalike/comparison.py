@@ -201,16 +201,6 @@ def paired_bootstrap(
 
 
 # -------------------------------------------------------------------------------------- compare
-def parse_extractor(spec: str) -> tuple[str, int | None, bool]:
-    """``"efficientnet-lite0@224+adapted"`` -> ("efficientnet-lite0", 224, True)."""
-    adapted = spec.endswith("+adapted")
-    base = spec[: -len("+adapted")] if adapted else spec
-    name, _, size = base.partition("@")
-    if size and not size.isdigit():
-        raise LookalikeError(f"{spec}: the input size after @ must be a whole number of pixels")
-    return name, (int(size) if size else None), adapted
-
-
 def default_extractors() -> list[str]:
     """The autoencoder, raw pixels (the floor), every installed pretrained extractor, and its adapted variant."""
     from .models.pretrained import installed_extractors
@@ -270,34 +260,29 @@ def compare(
     """
     from .embed import embed_files
     from .models import Model
+    from .models.spec import parse_spec, resolve_model
 
     t_start = time.perf_counter()
     root = Path(folder).expanduser().resolve()
     paths, labs = labelled_images(root, labels)
     q_rows, db_rows = split_queries(labs, query_fraction, max_queries, seed)
     names = list(extractors) if extractors else default_extractors()
-    specs = [parse_extractor(n) for n in names]
-    for (name, _, _), text in zip(specs, names):
-        if name not in (AUTOENCODER,):
-            from .models.pretrained import get_backbone
-
-            get_backbone(name)  # unknown names fail before any work
-        if name == AUTOENCODER and "@" in text:
-            raise LookalikeError(f"{text}: the autoencoder's input size is its model's")
+    specs = [parse_spec(n) for n in names]  # unknown names fail before any work
     out = Path(out_dir).expanduser() if out_dir is not None else None
     labels_arr = np.asarray(labs)
     rows: list[Candidate] = []
     frozen: dict[tuple[str, int], tuple[Any, Any]] = {}  # (name, size) -> frozen model and its EmbedResult
-    for i, ((name, size, adapted), text) in enumerate(zip(specs, names)):
+    for i, (spec, text) in enumerate(zip(specs, names)):
         emit(callbacks, "on_compare_row", text, i, len(names))
         train_s = 0.0
         model_dir = None
-        if name == AUTOENCODER:
+        if spec.directory is not None:
+            the_model, model_dir = Model.load(spec.directory), str(spec.directory)
+        elif spec.is_autoencoder:
             if model is None:
-                from .training import train
-
                 t0 = time.perf_counter()
-                the_model = train(root, epochs=epochs, seed=seed, num_workers=num_workers, callbacks=callbacks)
+                the_model = resolve_model(spec, root, epochs=epochs, seed=seed, num_workers=num_workers,
+                                          callbacks=callbacks)  # fmt: skip
                 train_s = time.perf_counter() - t0
                 if out is not None:
                     model_dir = str(the_model.save(out / "models" / AUTOENCODER))
@@ -305,16 +290,17 @@ def compare(
                 the_model = model if isinstance(model, Model) else Model.load(model)
                 model_dir = None if isinstance(model, Model) else str(model)
         else:
-            size = size or image_size
-            key = (name, size or 0)
+            assert spec.name is not None
+            size = spec.image_size or image_size
+            key = (spec.name, size or 0)
             if key not in frozen:
-                base = Model.pretrained(name, image_size=size)
+                base = resolve_model(spec.name, image_size=size)
                 base.set_precision("auto")
                 _warm_up(base)
                 res = embed_files(base, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
                 frozen[key] = (base, res)
             base, res = frozen[key]
-            if adapted:
+            if spec.adapted:  # fitted on the database images only: the queries stay unseen
                 from .adaptation import adapt
 
                 t0 = time.perf_counter()
@@ -327,7 +313,7 @@ def compare(
             else:
                 the_model = base
         the_model.set_precision("auto")
-        if name == AUTOENCODER or adapted:  # a frozen row reuses the embedding made above
+        if not spec.is_pretrained or spec.adapted:  # a frozen row reuses the embedding made above
             _warm_up(the_model)
             res = embed_files(the_model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
         for path, reason in res.failures:

@@ -45,6 +45,7 @@ from .index import ExactIndex
 from .metrics import DEFAULT_KS, EvaluationResult, check_options, evaluate_vectors
 from .models import Model, compute_threads
 from .models.model import ImageLike
+from .models.spec import parse_spec, resolve_model
 from .serialization import atomic_write_json, read_json
 from .store import (
     CATALOG_NAME,
@@ -233,15 +234,6 @@ def _label_lookup(rows: Iterable[LabelRow], bases: Sequence[Path], source: Path)
     return {k: v[0] for k, v in out.items()}
 
 
-def _model_from(model: str | os.PathLike[str]) -> Model:
-    """A model directory, or a pretrained extractor's name when no such directory exists."""
-    from .models.pretrained import is_extractor_name
-
-    if isinstance(model, str) and is_extractor_name(model) and not Path(model).exists():
-        return Model.pretrained(model)
-    return Model.load(model)
-
-
 def _new_manifest(model: Model, root: Path, follow_symlinks: bool = False) -> dict[str, Any]:
     """The manifest of a new index of ``root`` made with ``model`` (at its current precision)."""
     return {
@@ -383,14 +375,12 @@ def update_index(
             f"{manifest.get('lookalike_version', '?')}; use another -o, or --rebuild to replace it"
         )
     update = manifest is not None and not rebuild and version == INDEX_FORMAT_VERSION and manifest["root"] == str(root)
-    if model is None and manifest is not None:
-        model = Model.load(out / MODEL_SUBDIR)  # the index's own (also to rebuild it)
-    elif model is None:
-        from .training import train
-
-        model = train(folder, callbacks=callbacks)
-    elif not isinstance(model, Model):
-        model = _model_from(model)
+    if not isinstance(model, Model):
+        spec = None if model is None else parse_spec(model)
+        if manifest is not None and (spec is None or (update and spec.names(manifest.get("model", {})))):
+            model = Model.load(out / MODEL_SUBDIR)  # the index's own (also to rebuild it): nothing is learned again
+        else:
+            model = resolve_model(spec, folder, num_workers=num_workers, callbacks=callbacks)
     if update:
         assert manifest is not None
         _same_model(out, manifest, model)
@@ -494,9 +484,12 @@ class Index:
 
         Args:
             folder: the images, found recursively.
-            model: a :class:`Model`, a model directory, the name of a pretrained extractor (for example
-                ``"efficientnet-lite0"``, at its default input size), or None: the existing index's own
-                model, or the default model trained on ``folder`` first.
+            model: a :class:`Model`, or an extractor spec (:mod:`lookalike.models.spec`): a model
+                directory, ``"autoencoder"`` (trained on ``folder`` first), or a pretrained extractor such as
+                ``"efficientnet-lite0@128"`` or ``"efficientnet-lite0+adapted"`` (a head fitted on
+                ``folder``); an index of ``folder`` already in ``out_dir`` that one made keeps its own model,
+                nothing is trained again. None: that index's own model, or the default
+                (:data:`lookalike.models.spec.DEFAULT`) trained on ``folder`` first.
             out_dir: where the index lives; None keeps it in memory.
             rebuild: start over even when ``out_dir`` holds an index of this folder (the old one is
                 replaced only once the new one is complete).
@@ -530,12 +523,8 @@ class Index:
         scan = scan_readable(folder, follow_symlinks=bool(follow_symlinks), callbacks=callbacks)
         paths = scan.files
         root = Path(folder).expanduser().resolve()
-        if model is None:
-            from .training import train
-
-            model = train(folder, callbacks=callbacks)
-        elif not isinstance(model, Model):
-            model = _model_from(model)
+        if not isinstance(model, Model):
+            model = resolve_model(model, folder, num_workers=num_workers, callbacks=callbacks)
         model.set_precision(precision)
         result = embed_files(model, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
         if len(result.positions) == 0:

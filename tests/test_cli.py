@@ -42,7 +42,7 @@ def test_index_without_model_trains_the_default_first(tmp_path: Path) -> None:
     make_class_images(tmp_path / "photos", per_class=4, size=16)
     result = run_cli("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert "training the default model" in result.output
+    assert "training the autoencoder on" in result.output
     assert (tmp_path / "photos" / ".lookalike" / "manifest.json").exists()
     # the folder itself can be searched, and the index inside it is not indexed as images
     result = run_cli("search", tmp_path / "photos", "0", "-k", "2", "--json")

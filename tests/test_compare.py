@@ -53,13 +53,6 @@ def test_split_is_stratified_seeded_and_keeps_a_database_image_per_label() -> No
         cmp.split_queries(["a"] * 5 + ["b"], 0.2, 100, seed=0)
 
 
-def test_parse_extractor() -> None:
-    assert cmp.parse_extractor("efficientnet-lite0@224+adapted") == ("efficientnet-lite0", 224, True)
-    assert cmp.parse_extractor("pixels") == ("pixels", None, False)
-    with pytest.raises(LookalikeError):
-        cmp.parse_extractor("pixels@big")
-
-
 # -------------------------------------------------------------------------------------------- adapt
 @pytest.fixture
 def identity_extractor():

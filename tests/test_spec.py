@@ -1,0 +1,139 @@
+"""Tests for lookalike.models.spec: one parsed extractor spec and one resolver, used by the CLI, compare and
+Index.build alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lookalike.errors import LookalikeError
+from lookalike.models import Model
+from lookalike.models.spec import AUTOENCODER, DEFAULT, ExtractorSpec, parse_spec, resolve_model
+from lookalike.search import Index
+
+from .conftest import one_error_line, run_cli
+
+
+@pytest.mark.parametrize(
+    "text, name, size, adapted",
+    [
+        ("efficientnet-lite0@224+adapted", "efficientnet-lite0", 224, True),
+        ("efficientnet-lite2", "efficientnet-lite2", None, False),
+        ("pixels@16", "pixels", 16, False),
+        ("vgg16-fc1+adapted", "vgg16-fc1", None, True),
+        ("autoencoder", AUTOENCODER, None, False),
+    ],
+)
+def test_parse(text, name, size, adapted) -> None:
+    s = parse_spec(text)
+    assert (s.name, s.image_size, s.adapted, s.directory) == (name, size, adapted, None)
+    assert s.canonical() == text and parse_spec(s) is s
+    assert s.learns == (adapted or name == AUTOENCODER) and s.is_pretrained == (name != AUTOENCODER)
+
+
+def test_parse_default_and_sizes() -> None:
+    assert parse_spec(None).name == DEFAULT
+    assert parse_spec("pixels").with_size(32) == ExtractorSpec("pixels@32", "pixels", 32)
+    assert parse_spec("pixels@16").with_size(32).image_size == 16  # its own size wins
+    assert parse_spec("autoencoder").with_size(32).image_size is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("pixels@big", "whole number of pixels"),
+        ("pixels@0", "whole number of pixels"),
+        ("pixels@", "whole number of pixels"),
+        ("autoencoder@64", "for pretrained extractors"),
+        ("autoencoder+adapted", "for pretrained extractors"),
+        ("efficientnet-lite9", "unknown extractor 'efficientnet-lite9': not one of autoencoder, "),
+        ("no/such/model_dir", "unknown extractor"),
+    ],
+)
+def test_parse_refuses(text, message) -> None:
+    with pytest.raises(LookalikeError, match=message.replace("(", r"\(")):
+        parse_spec(text)
+
+
+def test_a_model_directory_wins_over_a_name(trained_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    s = parse_spec(str(trained_model_dir))
+    assert s.directory == trained_model_dir and s.name is None and not s.is_pretrained and not s.learns
+    assert parse_spec(trained_model_dir).directory == trained_model_dir  # a Path is always a directory
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pixels").mkdir()
+    assert parse_spec("pixels").directory == Path("pixels")  # what exists on disk is what the user means
+    with pytest.raises(LookalikeError, match="no such model directory"):
+        parse_spec(tmp_path / "missing")
+
+
+def test_names_a_manifest_record() -> None:
+    built = {"extractor": "pixels+adapted", "preprocessing": {"image_size": 16}}
+    assert parse_spec("pixels+adapted").names(built) and parse_spec("pixels@16+adapted").names(built)
+    assert not parse_spec("pixels@32+adapted").names(built) and not parse_spec("pixels").names(built)
+    assert parse_spec("autoencoder").names({"extractor": "autoencoder"})
+    assert not parse_spec("autoencoder").names(built)
+
+
+def test_resolve_pretrained_and_its_refusals(class_folder: Path) -> None:
+    m = resolve_model("pixels@16")
+    assert m.extractor == "pixels" and m.preprocessing.image_size == 16
+    assert resolve_model("pixels", image_size=12).preprocessing.image_size == 12
+    with pytest.raises(LookalikeError, match="pixels@16 and an input size of 12 px disagree"):
+        resolve_model("pixels@16", image_size=12)
+    with pytest.raises(LookalikeError, match="pretrained: epochs are for training"):
+        resolve_model("pixels", epochs=3)
+    with pytest.raises(LookalikeError, match="fits a head on a folder's images: give one"):
+        resolve_model("pixels+adapted")
+    with pytest.raises(LookalikeError, match="trained on a folder of images: give one"):
+        resolve_model("autoencoder")
+    with pytest.raises(LookalikeError, match="input size and weights are for pretrained"):
+        resolve_model("autoencoder", class_folder, image_size=32)
+
+
+def test_resolve_fits_an_adapted_head_on_the_folder(class_folder: Path) -> None:
+    notes: list[str] = []
+
+    class Notes:
+        def on_note(self, text: str) -> None:
+            notes.append(text)
+
+    m = resolve_model("pixels@8+adapted", class_folder, callbacks=[Notes()])
+    assert m.extractor == "pixels+adapted" and m.preprocessing.image_size == 8
+    assert m.info["adaptation"]["images"] == 24  # every image of the folder
+    assert notes == [f"fitting pixels's adapted head on 24 images of {class_folder}"]
+
+
+def test_resolve_a_model_directory(trained_model_dir: Path) -> None:
+    assert resolve_model(str(trained_model_dir)).fingerprint == Model.load(trained_model_dir).fingerprint
+    with pytest.raises(LookalikeError, match="already trained"):
+        resolve_model(trained_model_dir, epochs=2)
+
+
+def test_index_build_takes_a_spec_and_an_index_keeps_its_learned_model(class_folder: Path, tmp_path: Path) -> None:
+    """`Index.build(folder, "pixels@8+adapted")` fits the head on the folder; building again into the same
+    index keeps that model (a refit would be another model, and the index would refuse it)."""
+    in_memory = Index.build(class_folder, "pixels@8+adapted", num_workers=0)
+    assert in_memory.model.extractor == "pixels+adapted" and len(in_memory) == 24
+    out = tmp_path / "idx"
+    first = Index.build(class_folder, "pixels@8+adapted", out, num_workers=0)
+    again = Index.build(class_folder, "pixels@8+adapted", out, num_workers=0)
+    assert again.model.fingerprint == first.model.fingerprint and again.last_update.added == 0
+    with pytest.raises(LookalikeError, match="index was built with pixels\\+adapted"):  # another size: another model
+        Index.build(class_folder, "pixels@12+adapted", out, num_workers=0)
+
+
+def test_cli_index_with_a_spec_twice(class_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    for _ in range(2):
+        result = run_cli("index", class_folder, "-o", out, "--extractor", "pixels@8+adapted", "--workers", "0")
+        assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["extractor"] == "pixels+adapted" and manifest["count"] == 24
+    assert "fitting pixels's adapted head on 24 images" in run_cli(
+        "index", class_folder, "-o", tmp_path / "idx2", "-e", "pixels@8+adapted", "--workers", "0").output
+    line = one_error_line(run_cli("index", class_folder, "-o", tmp_path / "idx3", "-e", "pixels@8", "--epochs", "2"))
+    assert "pixels@8 is pretrained: epochs are for training the autoencoder" in line
+    line = one_error_line(run_cli("index", class_folder, "-o", tmp_path / "idx4", "-e", "lite9"))
+    assert "unknown extractor 'lite9'" in line
