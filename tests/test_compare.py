@@ -104,7 +104,7 @@ def test_neighbour_head_pulls_neighbours_together_and_reloads(identity_extractor
     """
     base = Model.pretrained(identity_extractor)
     x, _ = clustered_features()
-    adapted = adapt(base, x, dims=8, hidden=64, neighbours=5, epochs=20, batch_size=128, seed=0)
+    adapted = adapt(base, x, dims=8, hidden=64, neighbours=5, epochs=20, batch_size=128, seed=0, blend=0)
     assert adapted.extractor == f"{identity_extractor}+adapted" and adapted.embedding_dim == 8
     info = adapted.info["adaptation"]
     assert info["method"] == "neighbours" and info["images"] == len(x) and info["epochs"] == 20
@@ -122,6 +122,30 @@ def test_neighbour_head_pulls_neighbours_together_and_reloads(identity_extractor
         np.testing.assert_allclose(again.network.head(torch.from_numpy(x)).numpy(), z, rtol=1e-5, atol=1e-6)
     with pytest.raises(LookalikeError, match="without a head"):
         adapt(again, x)
+
+
+def test_blended_head_keeps_the_frozen_similarity(identity_extractor: str, tmp_path: Path) -> None:
+    """The safeguard: a blended embedding's cosine is blend x the frozen features' cosine + (1 - blend) x the
+    head's, exactly (with every frozen direction kept, the projection keeps the frozen cosines)."""
+    base = Model.pretrained(identity_extractor)
+    x, _ = clustered_features(n_per=40)
+    plain = adapt(base, x, dims=8, hidden=64, epochs=3, batch_size=64, seed=0, blend=0)
+    blended = adapt(base, x, dims=8, hidden=64, epochs=3, batch_size=64, seed=0, blend=0.3, frozen_dims=16)
+    assert plain.embedding_dim == 8 and blended.embedding_dim == 16 + 8
+    assert blended.info["adaptation"]["blend"] == 0.3 and "blend" not in plain.info["adaptation"]
+    with torch.no_grad():
+        zb = blended.network.head(torch.from_numpy(x)).numpy()
+        zp = plain.network.head(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(zb[:, 16:] / np.sqrt(0.7), zp / np.linalg.norm(zp, axis=1, keepdims=True), atol=1e-5)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    head = zp / np.linalg.norm(zp, axis=1, keepdims=True)
+    np.testing.assert_allclose(zb @ zb.T, 0.3 * unit @ unit.T + 0.7 * head @ head.T, atol=1e-4)
+    blended.save(tmp_path / "m")
+    with torch.no_grad():
+        again = Model.load(tmp_path / "m").network.head(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(again, zb, rtol=1e-5, atol=1e-6)
+    with pytest.raises(LookalikeError, match="blend is the frozen similarity's weight"):
+        adapt(base, x, blend=1.0)
 
 
 def test_pca_head_is_the_projection_of_centred_unit_features(identity_extractor: str) -> None:

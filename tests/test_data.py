@@ -20,10 +20,10 @@ from lookalike.data import (
     decode_image,
     denormalize,
     find_images,
-    scan_images,
     image_loader,
     load_pixels,
     normalize,
+    scan_images,
 )
 from lookalike.errors import ImageDecodeError, LookalikeError
 

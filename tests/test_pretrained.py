@@ -224,6 +224,6 @@ def test_cli_index_with_an_adapted_extractor(class_folder: Path, tmp_path: Path,
     assert "fitting efficientnet-lite0's adapted head on 24 images" in " ".join(r.output.split())
     idx = Index.load(out)
     assert idx.manifest["model"]["extractor"] == "efficientnet-lite0+adapted"
-    assert idx.model.embedding_dim == 128 and idx.model.info["adaptation"]["images"] == 24
+    assert idx.model.embedding_dim == 128 + 24 and idx.model.info["adaptation"]["images"] == 24  # + 24 frozen dirs
     hits = idx.search(next(class_folder.glob("cool/*")), k=3)
     assert hits[0].score == pytest.approx(1.0, abs=1e-3)

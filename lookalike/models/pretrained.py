@@ -450,7 +450,7 @@ class PretrainedNet(nn.Module):
     @property
     def embedding_dim(self) -> int:
         """Length of the vectors :meth:`encode` returns."""
-        return int(self.head_config["dims"][-1]) if self.head_config else self.spec.dim_for(self.image_size)
+        return head_dim(self.head_config) if self.head_config else self.spec.dim_for(self.image_size)
 
 
 class L2Normalize(nn.Module):
@@ -471,14 +471,48 @@ class Centre(nn.Module):
         return x - self.mean.to(x.dtype)
 
 
+class BlendHead(nn.Module):
+    """A learned head beside the frozen features' own directions: ``[sqrt(w) a, sqrt(1 - w) b]``, where ``a``
+    is the unit projection of the unit frozen features on their top ``frozen_dims`` directions (``frozen``,
+    an SVD of the collection's features: cosine like the frozen features') and ``b`` the unit output of the
+    ``learned`` head. The cosine of two such vectors is ``w cos_frozen + (1 - w) cos_learned``: whatever the
+    head learned, the ranking keeps ``w`` of the backbone's, which is the safeguard of
+    :func:`lookalike.adaptation.adapt` (a head that hurts is outvoted where the frozen similarity is sure)."""
+
+    def __init__(self, in_dim: int, learned: nn.Module, frozen_dims: int, weight: float) -> None:
+        super().__init__()
+        if not 0 < weight < 1:
+            raise ValueError(f"a blend weight is between 0 and 1, got {weight}")
+        self.frozen = nn.Linear(in_dim, frozen_dims, bias=False)
+        self.learned = learned
+        self.weight = float(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = nn.functional.normalize(self.frozen(nn.functional.normalize(x, dim=1)), dim=1)
+        b = nn.functional.normalize(self.learned(x), dim=1)
+        return torch.cat([a * self.weight**0.5, b * (1 - self.weight) ** 0.5], dim=1)
+
+
+def head_dim(config: dict[str, Any]) -> int:
+    """Length of a head's output."""
+    out = int(config["dims"][-1])
+    return out + int(config["frozen_dims"]) if config.get("blend") else out
+
+
 def build_head(config: dict[str, Any], in_dim: int) -> nn.Module:
-    """A head from its config: ``{"kind": "linear"|"mlp", "dims": [...], "center": bool, "normalize_input": bool}``.
+    """A head from its config: ``{"kind": "linear"|"mlp", "dims": [...], "center": bool, "normalize_input": bool,
+    "blend": weight, "frozen_dims": n}``.
 
     ``linear`` is one affine map ``in_dim -> dims[-1]`` (a PCA projection is one); ``mlp`` is
     Linear-BatchNorm-ReLU blocks through ``dims``, the last Linear alone. ``center`` first L2-normalises the
     features, subtracts a stored mean and normalises again; else ``normalize_input`` (default true)
-    L2-normalises them. Other keys (``name``, ``method``) only describe the head.
+    L2-normalises them. With ``blend`` (a weight in (0, 1)) that head becomes the ``learned`` part of a
+    :class:`BlendHead` with ``frozen_dims`` frozen directions. Other keys (``name``, ``method``) only
+    describe the head.
     """
+    if config.get("blend"):
+        inner = {k: v for k, v in config.items() if k not in ("blend", "frozen_dims")}
+        return BlendHead(in_dim, build_head(inner, in_dim), int(config["frozen_dims"]), float(config["blend"]))
     kind = config.get("kind")
     dims = [int(d) for d in config.get("dims", [])]
     if not dims:
