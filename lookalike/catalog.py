@@ -76,6 +76,11 @@ _CHUNK = 500  # parameters per IN (...) query, well under SQLite's limit
 _TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 
 
+def _raw(text: str) -> bytes:
+    """A name's bytes as the file system has them (the inverse of :data:`_TEXT`)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _name(text: str | None) -> str | bytes | None:
     """A path or label as an SQL parameter: itself, or its raw bytes when it is not valid UTF-8."""
     if text is None or text.isascii():
@@ -83,7 +88,7 @@ def _name(text: str | None) -> str | bytes | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")
+        return _raw(text)
     return text
 
 
@@ -189,12 +194,8 @@ class Entries(Mapping[int, CatalogEntry]):
     @classmethod
     def of(cls, entries: Iterable[CatalogEntry]) -> Entries:
         """Columns of these entries (any order; ids must be unique)."""
-
-        def raw(text: str) -> bytes:
-            return text.encode("utf-8", "surrogateescape")
-
         rows = sorted(entries, key=lambda e: e.id)
-        return cls((e.id, raw(e.path), e.size, e.mtime_ns, e.sha256, None if e.label is None else raw(e.label))
+        return cls((e.id, _raw(e.path), e.size, e.mtime_ns, e.sha256, None if e.label is None else _raw(e.label))
                    for e in rows)  # fmt: skip
 
     # ----------------------------------------------------------------------------- the mapping
@@ -255,7 +256,7 @@ class Entries(Mapping[int, CatalogEntry]):
 
     def id_of(self, relative: str) -> int | None:
         """The id of the image at this relative POSIX path, or None."""
-        raw = relative.encode("utf-8", "surrogateescape")
+        raw = _raw(relative)
         h = hash(raw)
         pos = int(self._hashes.searchsorted(h))
         while pos < len(self._hashes) and self._hashes[pos] == h:
@@ -270,7 +271,7 @@ class Entries(Mapping[int, CatalogEntry]):
         """Whether an image lies under this relative folder (``""``: whether there is any image)."""
         if not folder:
             return len(self) > 0
-        return b"\0" + folder.rstrip("/").encode("utf-8", "surrogateescape") + b"/" in self._blob
+        return b"\0" + _raw(folder.rstrip("/")) + b"/" in self._blob
 
 
 def label_for(relative: str) -> str | None:
@@ -444,7 +445,7 @@ class Catalog:
         """Ids of the image at ``relative`` and of every image below it (``relative`` as a folder; "" is all)."""
         if not relative:
             return [r[0] for r in self._db.execute("SELECT id FROM images")]
-        prefix = relative.rstrip("/").encode("utf-8", "surrogateescape") + b"/"
+        prefix = _raw(relative.rstrip("/")) + b"/"
         rows = self._db.execute(  # compared as bytes: a name that is not UTF-8 has no characters to count
             "SELECT id FROM images WHERE path = CAST(? AS TEXT) OR substr(CAST(path AS BLOB), 1, ?) = ?",
             (_name(relative), len(prefix), prefix),
