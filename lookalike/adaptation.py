@@ -123,7 +123,7 @@ def adapt(
     dims = min(dims, in_dim)
     if method == "pca":
         head_cfg = {"name": "adapted", "method": "pca", "kind": "linear", "dims": [dims], "center": True}
-        state = _fit_pca(centred, dims)
+        state = {**_fit_pca(centred, dims), "1.mean": mean}
         info: dict[str, Any] = {}
     else:
         dims_list = [hidden, dims]
@@ -132,6 +132,7 @@ def adapt(
             centred, in_dim, dims_list, neighbours=neighbours, temperature=temperature,
             epochs=epochs or DEFAULT_EPOCHS, batch_size=batch_size, lr=lr, seed=seed, callbacks=callbacks,
         )  # fmt: skip
+        state["1.mean"] = torch.from_numpy(mean)  # the head is [L2Normalize, Centre, L2Normalize, ...]
         if blend:
             keep = min(frozen_dims, in_dim, len(x))
             head_cfg.update(blend=float(blend), frozen_dims=keep)
@@ -144,7 +145,6 @@ def adapt(
     assert net.head is not None
     head_state = net.head.state_dict()
     head_state.update({k: torch.as_tensor(v) for k, v in state.items()})
-    head_state["learned.1.mean" if head_cfg.get("blend") else "1.mean"] = torch.from_numpy(mean)
     net.head.load_state_dict(head_state)
     net.eval()
     fitted = {"method": method, "images": len(x), "dims": dims, "seconds": round(time.perf_counter() - t0, 2), **info}
@@ -178,17 +178,19 @@ def _top_directions(unit: np.ndarray, k: int, rng: np.random.Generator, sample: 
     that keeps their cosines (of at most ``sample`` rows, seeded)."""
     if len(unit) > sample:
         unit = unit[np.sort(rng.choice(len(unit), sample, replace=False))]
-    gram = unit.astype(np.float64).T @ unit.astype(np.float64)
-    values, vectors = np.linalg.eigh(gram)
+    return _top_eigenvectors(unit.astype(np.float64).T @ unit.astype(np.float64), k)
+
+
+def _top_eigenvectors(matrix: np.ndarray, k: int) -> np.ndarray:
+    """The eigenvectors of the ``k`` largest eigenvalues of a symmetric matrix, as rows ``(k, D)`` float32."""
+    values, vectors = np.linalg.eigh(matrix)
     return np.ascontiguousarray(vectors[:, np.argsort(values)[::-1][:k]].T, dtype=np.float32)
 
 
 def _fit_pca(centred: np.ndarray, dims: int) -> dict[str, np.ndarray]:
     """The top ``dims`` principal directions as the weight of the head's Linear layer (index 3)."""
-    cov = np.cov(centred.astype(np.float64), rowvar=False)
-    values, vectors = np.linalg.eigh(cov)
-    top = vectors[:, np.argsort(values)[::-1][:dims]]
-    return {"3.weight": top.T.astype(np.float32), "3.bias": np.zeros(dims, dtype=np.float32)}
+    top = _top_eigenvectors(np.cov(centred.astype(np.float64), rowvar=False), dims)
+    return {"3.weight": top, "3.bias": np.zeros(dims, dtype=np.float32)}
 
 
 def knn_graph(x: np.ndarray, k: int) -> np.ndarray:
