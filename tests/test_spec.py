@@ -10,7 +10,7 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.models import Model
-from lookalike.models.spec import AUTOENCODER, DEFAULT, ExtractorSpec, parse_spec, resolve_model
+from lookalike.models.spec import AUTOENCODER, DEFAULT, parse_spec, resolve_model
 from lookalike.search import Index
 
 from .conftest import one_error_line, run_cli
@@ -29,15 +29,12 @@ from .conftest import one_error_line, run_cli
 def test_parse(text, name, size, adapted) -> None:
     s = parse_spec(text)
     assert (s.name, s.image_size, s.adapted, s.directory) == (name, size, adapted, None)
-    assert s.canonical() == text and parse_spec(s) is s
+    assert s.text == text and parse_spec(s) is s
     assert s.learns == (adapted or name == AUTOENCODER) and s.is_pretrained == (name != AUTOENCODER)
 
 
-def test_parse_default_and_sizes() -> None:
+def test_parse_default() -> None:
     assert parse_spec(None).name == DEFAULT
-    assert parse_spec("pixels").with_size(32) == ExtractorSpec("pixels@32", "pixels", 32)
-    assert parse_spec("pixels@16").with_size(32).image_size == 16  # its own size wins
-    assert parse_spec("autoencoder").with_size(32).image_size is None
 
 
 @pytest.mark.parametrize(

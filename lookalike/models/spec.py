@@ -70,19 +70,6 @@ class ExtractorSpec:
             self.image_size is None or self.image_size == size
         )
 
-    def with_size(self, image_size: int | None) -> ExtractorSpec:
-        """The same spec at ``image_size`` when it gives none itself (pretrained extractors only)."""
-        if not self.is_pretrained or self.image_size is not None or image_size is None:
-            return self
-        return ExtractorSpec(self.canonical(image_size), self.name, int(image_size), self.adapted)
-
-    def canonical(self, image_size: int | None = None) -> str:
-        """``name[@size][+adapted]``, or the directory."""
-        if self.directory is not None:
-            return str(self.directory)
-        size = self.image_size if image_size is None else image_size
-        return f"{self.name}{f'@{size}' if size else ''}{ADAPTED if self.adapted else ''}"
-
 
 def parse_spec(spec: str | os.PathLike[str] | ExtractorSpec | None) -> ExtractorSpec:
     """Parse an extractor spec (None: :data:`DEFAULT`); a name must be known (built in, registered or an

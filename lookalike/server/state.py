@@ -1,6 +1,6 @@
 """What the routes share: the settings, the metrics, the search engine and the index being served.
 
-The index and what is derived from it (the sorted ids, the label count, the thumbnail cache) form one
+The index and what is derived from it (the label count, the thumbnail cache) form one
 :class:`Served` value, replaced in a single assignment when the index folder changes on disk (see
 :meth:`ServerState.check_for_update`). A route takes the current value once, through the
 :func:`get_served` dependency, and uses only that: a request that began before a reload finishes on the
@@ -37,7 +37,6 @@ from .telemetry import Metrics
 from .thumbs import ThumbnailCache
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
@@ -100,7 +99,6 @@ class Served:
     """One loaded index and what the routes derive from it; replaced as a whole on a reload."""
 
     index: Index
-    ids: np.ndarray  # every id, ascending (for paging)
     label_count: int  # distinct sub-folders
     thumbs: ThumbnailCache
     loaded_at: float  # time.time() when it was loaded
@@ -150,7 +148,6 @@ class ServerState:
         """Derive what the routes need from a loaded index (in a worker thread: it walks every entry)."""
         return Served(
             index=index,
-            ids=index.entries.ids,
             label_count=len(index.entries.label_names()),
             thumbs=ThumbnailCache(index, self.settings.thumb_size, cache_dir),
             loaded_at=time.time(),

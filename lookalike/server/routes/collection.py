@@ -37,13 +37,13 @@ async def list_images(
     """A page of the collection, in id order, with thumbnail URLs."""
     settings = state.settings
     per = settings.page_size if per_page is None else max(1, min(per_page, settings.max_page_size))
-    total = len(served.ids)
+    total = len(served.index)
     pages = max(1, math.ceil(total / per))
     notice = None
     if page < 1 or page > pages:
         notice = f"page {page} is out of range; showing page {min(max(page, 1), pages)} of {pages}"
         page = min(max(page, 1), pages)
-    chosen = served.ids[(page - 1) * per : page * per].tolist()
+    chosen = served.index.entries.ids[(page - 1) * per : page * per].tolist()
     return {"page": page, "pages": pages, "per_page": per, "total": total, "notice": notice,
             "images": [state.image_out(i, served) for i in chosen]}  # fmt: skip
 

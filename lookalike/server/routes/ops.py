@@ -21,7 +21,7 @@ Current = Annotated[Served, Depends(get_served)]
 @router.get("/health", response_model=HealthOut)
 async def health(served: Current) -> dict[str, Any]:
     """Liveness: the index is loaded. Never needs the token, never waits for uploads."""
-    return {"status": "ok", "images": len(served.ids)}
+    return {"status": "ok", "images": len(served.index)}
 
 
 @router.get(
@@ -33,7 +33,7 @@ async def metrics(state: State, served: Current) -> Response:
     """Prometheus metrics: requests by route and status, a latency histogram, the index size."""
     uploads, decodes = state.uploads, state.decodes
     gauges = {
-        "lookalike_index_images": ("Images in the served index.", float(len(served.ids))),
+        "lookalike_index_images": ("Images in the served index.", float(len(served.index))),
         "lookalike_index_loaded_timestamp_seconds": (
             "When the served index was loaded (Unix time); it is reloaded when its folder changes.",
             round(served.loaded_at, 3),
