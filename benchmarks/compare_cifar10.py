@@ -955,15 +955,13 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {m['loadavg_at_start'][0]:.2f}; mode {mode}", flush=True)  # fmt: skip
 
     data = args.data if args.data.is_absolute() else REPO / args.data
-    cache_npz = args.cache_dir / quality.NPZ_NAME
-    if data.is_file():
-        npz = quality.build_npz(data, args.cache_dir).resolve()
-    elif cache_npz.is_file():
-        npz = cache_npz.resolve()
-        print(f"{data} not found: using the decoded cache {npz}", flush=True)
-    else:
-        print(f"skipped: neither {data} nor {cache_npz} exists (the CIFAR-10 JPEGs; see ../shared/data/README.md).")
+    npz = quality.decoded_npz(data, args.cache_dir)
+    if npz is None:
+        print(f"skipped: neither {data} nor {args.cache_dir / quality.NPZ_NAME} exists (the CIFAR-10 JPEGs; see "
+              "../shared/data/README.md).")  # fmt: skip
         return 0
+    if not data.is_file():
+        print(f"{data} not found: using the decoded cache {npz}", flush=True)
 
     weights_dir = args.weights_dir if args.weights_dir.is_absolute() else REPO / args.weights_dir
     needed = [n for n in PRETRAINED if n == LITE0 or s["lite2_sizes"]]

@@ -227,6 +227,15 @@ def _log(msg: str) -> None:
 
 
 # ================================================================================ data (both sides)
+def decoded_npz(tarball: Path, cache: Path) -> Path | None:
+    """The decoded images, absolute: built from ``tarball`` when it is there (:func:`build_npz`), else the
+    cache a previous run left in ``cache``, else None."""
+    if tarball.is_file():
+        return build_npz(tarball, cache).resolve()
+    cached = cache / NPZ_NAME
+    return cached.resolve() if cached.is_file() else None
+
+
 def build_npz(tarball: Path, cache: Path) -> Path:
     """Extract the tarball once (speed.py's ``prepare_data``) and decode every JPEG once into an npz."""
     import numpy as np

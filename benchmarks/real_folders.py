@@ -333,27 +333,17 @@ def _row_record(comp: Any, row: Any, wall: float | None, protocol: dict[str, Any
     }
 
 
-def parse_spec(text: str) -> tuple[str, int | None, bool]:
-    """``"efficientnet-lite0@128+adapted"`` -> ``("efficientnet-lite0", 128, True)``.
-
-    Kept here (the grammar of compare's rows) rather than imported: the library's parser is being moved.
-    """
-    adapted = text.endswith("+adapted")
-    base = text[: -len("+adapted")] if adapted else text
-    name, _, size = base.partition("@")
-    if size and not size.isdigit():
-        raise ValueError(f"{text}: the input size after @ must be a whole number of pixels")
-    return name, (int(size) if size else None), adapted
-
-
 def _groups(specs: Sequence[str]) -> list[list[str]]:
     """Specs that share work in compare (a frozen extractor and its ``+adapted`` row), in the given order."""
+    from lookalike.errors import LookalikeError
+    from lookalike.models.spec import parse_spec
+
     groups: dict[Any, list[str]] = {}
     for s in specs:
         try:
-            name, size, _ = parse_spec(s)
-            key: Any = (name, size)
-        except ValueError:  # a bad spec fails in its own compare call, as a row
+            parsed = parse_spec(s)
+            key: Any = (parsed.name, parsed.image_size)
+        except LookalikeError:  # a bad spec fails in its own compare call, as a row
             key = s
         groups.setdefault(key, []).append(s)
     return list(groups.values())
@@ -644,6 +634,7 @@ def machine_info() -> dict[str, Any]:
 def run_cifar(specs: list[str], args: argparse.Namespace, results: dict[str, Any]) -> int:
     """The CIFAR-10 rows of ``specs`` through benchmarks/compare_cifar10.py's child jobs; failures counted."""
     from lookalike.models.pretrained import get_backbone
+    from lookalike.models.spec import parse_spec
 
     cc = _load_module("lookalike_bench_compare_cifar10", BENCH / "compare_cifar10.py")
     quality = cc.quality
@@ -652,13 +643,9 @@ def run_cifar(specs: list[str], args: argparse.Namespace, results: dict[str, Any
                            "rows": []}  # fmt: skip
     results["cifar"] = sec
     data = args.cifar_data if args.cifar_data.is_absolute() else REPO / args.cifar_data
-    cache_npz = args.cifar_cache / quality.NPZ_NAME
-    if data.is_file():
-        npz = quality.build_npz(data, args.cifar_cache).resolve()
-    elif cache_npz.is_file():
-        npz = cache_npz.resolve()
-    else:
-        sec["skipped"] = f"neither {data} nor {cache_npz} exists"
+    npz = quality.decoded_npz(data, args.cifar_cache)
+    if npz is None:
+        sec["skipped"] = f"neither {data} nor {args.cifar_cache / quality.NPZ_NAME} exists"
         print(f"CIFAR-10 skipped: {sec['skipped']}")
         return 0
     train_pc, test_pc = args.cifar_per_class or (None, None)
@@ -667,7 +654,8 @@ def run_cifar(specs: list[str], args: argparse.Namespace, results: dict[str, Any
     bad: list[dict[str, Any]] = []
     for spec in specs:
         try:
-            name, size, adapted = parse_spec(spec)
+            parsed = parse_spec(spec)
+            name, size, adapted = parsed.name, parsed.image_size, parsed.adapted
             if name in ("pixels", "autoencoder"):
                 if adapted or (size not in (None, 32)):
                     raise ValueError(f"{spec}: the CIFAR-10 protocol has {name} at 32 px only, not adapted")
