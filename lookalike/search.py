@@ -489,7 +489,7 @@ class Index:
                 ``"efficientnet-lite0@128"`` or ``"efficientnet-lite0+adapted"`` (a head fitted on
                 ``folder``); an index of ``folder`` already in ``out_dir`` that one made keeps its own model,
                 nothing is trained again. None: that index's own model, or the default
-                (:data:`lookalike.models.spec.DEFAULT`) trained on ``folder`` first.
+                (:data:`lookalike.models.spec.DEFAULT`: a head on ImageNet features) learned on ``folder`` first.
             out_dir: where the index lives; None keeps it in memory.
             rebuild: start over even when ``out_dir`` holds an index of this folder (the old one is
                 replaced only once the new one is complete).

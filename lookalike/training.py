@@ -347,7 +347,7 @@ def _holds_model(out_dir: Path | None) -> bool:
     return out_dir is not None and ((out_dir / CONFIG_NAME).exists() or (out_dir / CHECKPOINT_NAME).exists())
 
 
-def _check_output_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> None:
+def check_output_dir(out_dir: Path | None, resume: bool, overwrite: bool) -> None:
     """Refuse, before any work, to train over a saved model unless asked to, or into a folder that
     cannot be made (a part of the path is a file, ``/proc``, no permission): that is created now."""
     if not resume and not overwrite and _holds_model(out_dir):
@@ -406,7 +406,7 @@ def train(
         LookalikeError: no images, nothing readable, a model already in ``out_dir``, a bad option.
     """
     out = Path(out_dir).expanduser() if out_dir is not None else None
-    _check_output_dir(out, resume, overwrite)
+    check_output_dir(out, resume, overwrite)
     if device is not None:
         resolve_device(device)  # an unavailable GPU fails now, not after decoding every image
     overrides = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, val_fraction=val_fraction)

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lookalike.models import Model
+
 from .conftest import make_class_images, one_error_line, run_cli, tree_snapshot
 
 
 def test_train_index_search_end_to_end(class_folder: Path, tmp_path: Path) -> None:
     model_dir, index_dir = tmp_path / "model", tmp_path / "index"
-    result = run_cli("train", class_folder, "-o", model_dir, "--epochs", "2", "--image-size", "16", "--batch-size", "8")
+    result = run_cli("train", class_folder, "-o", model_dir, "-e", "autoencoder", "--epochs", "2", "--image-size", "16",
+                     "--batch-size", "8")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "epoch 2: train loss" in result.output and (model_dir / "loss.png").exists()
     result = run_cli("index", class_folder, "--model", model_dir, "-o", index_dir, "--workers", "0")
@@ -38,16 +41,42 @@ def test_train_index_search_end_to_end(class_folder: Path, tmp_path: Path) -> No
     assert Image.open(plot).size[0] > 200
 
 
-def test_index_without_model_trains_the_default_first(tmp_path: Path) -> None:
-    make_class_images(tmp_path / "photos", per_class=4, size=16)
+def test_index_without_model_learns_the_default_first(tmp_path: Path) -> None:
+    make_class_images(tmp_path / "photos", per_class=10, size=16)
     result = run_cli("index", tmp_path / "photos", "--epochs", "1", "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert "training the autoencoder on" in result.output
-    assert (tmp_path / "photos" / ".lookalike" / "manifest.json").exists()
+    assert "learning efficientnet-lite0@128's head on 20 images" in result.output
+    manifest = json.loads((tmp_path / "photos" / ".lookalike" / "manifest.json").read_text())
+    assert manifest["model"]["extractor"] == "efficientnet-lite0+adapted"
     # the folder itself can be searched, and the index inside it is not indexed as images
     result = run_cli("search", tmp_path / "photos", "0", "-k", "2", "--json")
     assert result.exit_code == 0, result.output
     assert not any(".lookalike" in h["path"] for h in json.loads(result.stdout)[0]["hits"])
+    # run again: the index keeps its model (nothing is learned again)
+    again = run_cli("index", tmp_path / "photos", "--workers", "0")
+    assert again.exit_code == 0 and "learning" not in again.output and "unchanged 20" in again.output
+
+
+def test_train_without_flags_learns_the_default(class_folder: Path, tmp_path: Path) -> None:
+    """`lookalike train FOLDER`: the head on Lite0, written beside the images (a hidden folder, so never
+    indexed as images); autoencoder-only options say how to get the autoencoder."""
+    import shutil
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(class_folder, folder)
+    result = run_cli("train", folder, "--epochs", "2", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    model = Model.load(folder / ".lookalike-model")
+    assert model.extractor == "efficientnet-lite0+adapted" and model.info["adaptation"]["epochs"] == 2
+    assert f"use it: lookalike index {folder} -m {folder / '.lookalike-model'}" in result.output
+    line = one_error_line(run_cli("train", folder, "--epochs", "2"))
+    assert "already holds a model" in line
+    line = one_error_line(run_cli("train", folder, "-o", tmp_path / "m", "--latent-dim", "8", "--lr", "0.1"))
+    assert "--latent-dim, --lr: options of the autoencoder; add -e autoencoder to train it" in line
+    line = one_error_line(run_cli("train", folder, "-o", tmp_path / "m", "--preset", "mnist-seed", "-e", "pixels"))
+    assert "--preset is an autoencoder recipe" in line
+    assert "pixels learns nothing" in one_error_line(run_cli("train", folder, "-o", tmp_path / "m", "-e", "pixels"))
+    assert not (tmp_path / "m").exists()
 
 
 def test_errors_are_one_line_and_leave_saved_things_alone(built_index_dir: Path, tmp_path: Path) -> None:
@@ -138,9 +167,10 @@ def test_cuda_without_a_gpu_is_a_clear_error(class_folder: Path, tmp_path: Path)
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    line = one_error_line(run_cli("train", class_folder, "-o", tmp_path / "m", "--device", "cuda", "--epochs", "1"))
-    assert "no CUDA GPU is available" in line
-    assert not (tmp_path / "m").exists()
+    for learn in ("autoencoder", "efficientnet-lite0+adapted"):
+        line = one_error_line(run_cli("train", class_folder, "-o", tmp_path / "m", "-e", learn, "--device", "cuda"))
+        assert "no CUDA GPU is available" in line
+        assert not (tmp_path / "m").exists()
 
 
 def test_error_lines_keep_square_brackets(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,7 +105,8 @@ def test_neighbour_head_pulls_neighbours_together_and_reloads(identity_extractor
     """
     base = Model.pretrained(identity_extractor)
     x, _ = clustered_features()
-    adapted = adapt(base, x, dims=8, hidden=64, neighbours=5, epochs=20, batch_size=128, seed=0, blend=0)
+    adapted = adapt(base, x, method="neighbours", dims=8, hidden=64, neighbours=5, epochs=20, batch_size=128,
+                    seed=0, blend=0)  # fmt: skip
     assert adapted.extractor == f"{identity_extractor}+adapted" and adapted.embedding_dim == 8
     info = adapted.info["adaptation"]
     assert info["method"] == "neighbours" and info["images"] == len(x) and info["epochs"] == 20
@@ -124,13 +126,64 @@ def test_neighbour_head_pulls_neighbours_together_and_reloads(identity_extractor
         adapt(again, x)
 
 
+def test_views_head_learns_what_stays_the_same_across_views(identity_extractor: str, tmp_path: Path) -> None:
+    """The default method: features of augmented views of an image, scattered along a few "nuisance"
+    directions, are mapped together. Two new views of each image (never seen in the fit) then find each
+    other among all the images' far more often than in the frozen space."""
+    base = Model.pretrained(identity_extractor)
+    rng = np.random.default_rng(0)
+    n = 200
+    content = rng.normal(size=(n, 8)).astype(np.float32)  # what is the same in every view of an image
+
+    def views_of(count: int) -> np.ndarray:
+        nuisance = rng.normal(0, 1.5, (count, n, 8)).astype(np.float32)  # what a crop or a jitter changes
+        return np.concatenate([np.broadcast_to(content, (count, n, 8)), nuisance], axis=2)
+
+    x = views_of(1)[0]
+    adapted = adapt(base, x, views=views_of(2), dims=8, hidden=64, epochs=40, batch_size=64, seed=0, blend=0)
+    info = adapted.info["adaptation"]
+    assert info["method"] == "views" and info["views"] == 2 and adapted.embedding_dim == 8
+
+    def self_retrieval(embed: Any) -> float:
+        a, b = (embed(v) for v in views_of(2))
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        return float(np.mean(np.argmax(a @ b.T, axis=1) == np.arange(n)))
+
+    with torch.no_grad():
+        learned = self_retrieval(lambda a: adapted.network.head(torch.from_numpy(a)).numpy())
+    frozen = self_retrieval(lambda a: a.copy())
+    assert learned > frozen + 0.2, (frozen, learned)
+
+
+def test_embed_views_decodes_once_and_reports_unreadable_files(class_folder: Path, tmp_path: Path) -> None:
+    from lookalike.adaptation import embed_views
+    from lookalike.data import find_images
+
+    base = Model.pretrained("pixels", image_size=8)
+    paths = find_images(class_folder)[:10]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    got = embed_views(base, [*paths[:5], broken, *paths[5:]], views=3, seed=1, num_workers=0)
+    assert got.views.shape == (3, 10, base.embedding_dim) and got.original is not None
+    assert got.positions.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert [p for p, _ in got.failures] == [broken]
+    np.testing.assert_allclose(got.original, base.embed(paths), atol=1e-6)  # the images as they are
+    assert not np.allclose(got.views[0], got.original) and not np.allclose(got.views[0], got.views[1])
+    again = embed_views(base, paths, views=3, seed=1, original=False, num_workers=0)
+    assert again.original is None
+    np.testing.assert_allclose(again.views, got.views, atol=1e-6)  # seeded: the same views
+
+
 def test_blended_head_keeps_the_frozen_similarity(identity_extractor: str, tmp_path: Path) -> None:
     """The safeguard: a blended embedding's cosine is blend x the frozen features' cosine + (1 - blend) x the
     head's, exactly (with every frozen direction kept, the projection keeps the frozen cosines)."""
     base = Model.pretrained(identity_extractor)
     x, _ = clustered_features(n_per=40)
-    plain = adapt(base, x, dims=8, hidden=64, epochs=3, batch_size=64, seed=0, blend=0)
-    blended = adapt(base, x, dims=8, hidden=64, epochs=3, batch_size=64, seed=0, blend=0.3, frozen_dims=16)
+    views = x[None] + np.random.default_rng(1).normal(0, 0.3, (2, *x.shape)).astype(np.float32)
+    kw = dict(views=views, dims=8, hidden=64, epochs=3, batch_size=64, seed=0)
+    plain = adapt(base, x, blend=0, **kw)
+    blended = adapt(base, x, blend=0.3, frozen_dims=16, **kw)
     assert plain.embedding_dim == 8 and blended.embedding_dim == 16 + 8
     assert blended.info["adaptation"]["blend"] == 0.3 and "blend" not in plain.info["adaptation"]
     with torch.no_grad():
@@ -174,9 +227,13 @@ def test_knn_graph_excludes_self_and_matches_brute_force() -> None:
 def test_adapt_refuses_bad_input(identity_extractor: str) -> None:
     base = Model.pretrained(identity_extractor)
     with pytest.raises(LookalikeError, match="16-d features"):
-        adapt(base, np.zeros((40, 3), np.float32))
+        adapt(base, np.zeros((40, 3), np.float32), method="neighbours")
     with pytest.raises(LookalikeError, match="at least"):
-        adapt(base, np.ones((4, 16), np.float32))
+        adapt(base, np.ones((4, 16), np.float32), method="neighbours")
+    with pytest.raises(LookalikeError, match="the views method needs the images' paths"):
+        adapt(base, np.ones((40, 16), np.float32))
+    with pytest.raises(LookalikeError, match="views have shape"):
+        adapt(base, np.ones((40, 16), np.float32), views=np.ones((2, 39, 16), np.float32))
     with pytest.raises(LookalikeError, match="unknown adaptation method"):
         adapt(base, np.ones((40, 16), np.float32), method="magic")
 

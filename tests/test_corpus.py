@@ -616,8 +616,8 @@ def test_evaluate_uses_the_folders_as_labels(pixels_index: Indexed, tmp_path: Pa
 # ------------------------------------------------------------------------------------------- train
 def test_train_on_the_corpus(corpus: Corpus, tmp_path: Path) -> None:
     model = tmp_path / "model"
-    run = lookalike("train", corpus.root, "-o", model, "--epochs", "1", "--image-size", "16", "--batch-size", "32",
-                    "--val-fraction", "0.1")  # fmt: skip
+    run = lookalike("train", corpus.root, "-o", model, "-e", "autoencoder", "--epochs", "1", "--image-size", "16",
+                    "--batch-size", "32", "--val-fraction", "0.1")  # fmt: skip
     assert_clean(run)
     assert (model / "model.safetensors").is_file() and (model / "config.json").is_file()
     expected = [c for c in made(corpus.cases) if c.expect == "skipped" and not c.lenient]

@@ -51,9 +51,19 @@ def rgb(im: Image.Image) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ find_images
-PIL_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-              ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".avif": "AVIF",
-              ".heic": "PNG", ".heif": "PNG"}  # fmt: skip (finding goes by name; the bytes decide the format)
+PIL_FORMAT = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".avif": "AVIF",
+    ".heic": "PNG",
+    ".heif": "PNG",
+}  # fmt: skip (finding goes by name; the bytes decide the format)
 
 
 def test_find_images_recursive_all_extensions_sorted(tmp_path):
@@ -112,7 +122,10 @@ def test_scan_reports_special_files_without_opening_them(tmp_path):
     scan = scan_images(tmp_path)  # would block forever on the FIFO, or read /dev/zero without end
     assert [p.name for p in scan.files] == ["ok.png"]
     reasons = {p.name: why for p, why in scan.skipped}
-    assert reasons == {"fifo.jpg": "not a regular file (FIFO)", "zero.jpg": "not a regular file (a link to a character device)"}
+    assert reasons == {
+        "fifo.jpg": "not a regular file (FIFO)",
+        "zero.jpg": "not a regular file (a link to a character device)",
+    }
 
 
 def test_find_images_errors_name_the_path_and_reason(tmp_path):

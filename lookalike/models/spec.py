@@ -3,12 +3,18 @@
 The CLI's ``--extractor``, ``compare``'s rows, ``--extractor auto``'s pick, ``Index.build(folder, "...")``
 and Python users all name extractors the same way:
 
-- ``autoencoder``: the default convolutional autoencoder, trained on the folder's images first;
 - ``NAME[@SIZE][+adapted]``: a pretrained extractor (``efficientnet-lite0``, ``efficientnet-lite2``,
   ``vgg16-fc1``, ``pixels``, or one registered with :func:`lookalike.register_extractor`) at input side
-  ``SIZE`` (its default without it); ``+adapted`` fits a head on the folder's unlabelled images
-  (:mod:`lookalike.adaptation`);
+  ``SIZE``; ``+adapted`` learns a head on the folder's unlabelled images (:mod:`lookalike.adaptation`).
+  Without ``@SIZE`` a frozen extractor runs at its own default (128 px for EfficientNet-Lite) and an
+  adapted one at the size :func:`input_size_for` chooses from the folder's images;
+- ``autoencoder``: the from-scratch convolutional autoencoder, trained on the folder's images first;
 - the path of a saved model directory (it wins over a name when such a directory exists).
+
+:data:`DEFAULT` (what ``lookalike train/index FOLDER`` and ``Index.build(folder)`` use) is
+``efficientnet-lite0+adapted``: ImageNet features with a head learned on the folder. When its weights
+cannot be loaded the autoencoder is trained instead, and one ``on_note`` line says so; on a folder too
+small to learn from (fewer than :data:`lookalike.adaptation.MIN_IMAGES` images) the frozen backbone is used.
 
 :func:`parse_spec` checks the text (unknown names fail before any work); :func:`resolve_model` makes the
 model, training or fitting on ``folder`` when the spec learns from it.
@@ -30,7 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 AUTOENCODER = "autoencoder"
 ADAPTED = "+adapted"
-DEFAULT = AUTOENCODER  # what `lookalike index FOLDER` and `Index.build(folder)` use when no extractor is named
+DEFAULT = "efficientnet-lite0" + ADAPTED  # what `lookalike train/index FOLDER` use when no extractor is named
+PHOTO_SIZE = 160  # input side for folders of photos (short side >= PHOTO_SIZE): BENCHMARKS.md, "input size"
+SMALL_SIZE = 128  # input side for smaller images (upscaled), e.g. CIFAR's 32 px
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class ExtractorSpec:
     image_size: int | None = None  # @SIZE
     adapted: bool = False  # +adapted
     directory: Path | None = None  # a saved model
+    default: bool = False  # parsed from None: DEFAULT, which falls back to the autoencoder without weights
 
     @property
     def is_autoencoder(self) -> bool:
@@ -82,7 +91,9 @@ def parse_spec(spec: str | os.PathLike[str] | ExtractorSpec | None) -> Extractor
     if isinstance(spec, ExtractorSpec):
         return spec
     if spec is None:
-        spec = DEFAULT
+        from dataclasses import replace
+
+        return replace(parse_spec(DEFAULT), default=True)
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if not isinstance(spec, str) or path.is_dir():
@@ -119,8 +130,10 @@ def resolve_model(
     image_size: int | None = None,
     weights: str | os.PathLike[str] | None = None,
     epochs: int | None = None,
+    batch_size: int | None = None,
     num_workers: int = 1,
     seed: int | None = None,
+    device: str | None = None,
     callbacks: Sequence[Any] = (),
 ) -> Model:
     """The model a spec names, trained or fitted on ``folder`` when it learns from one.
@@ -129,16 +142,21 @@ def resolve_model(
         spec: an extractor spec (see the module's docstring), a parsed one, or None for :data:`DEFAULT`.
         folder: the images the autoencoder is trained on / a ``+adapted`` head is fitted on (a seeded
             sample of at most :data:`lookalike.adaptation.FIT_SAMPLE`).
-        image_size: input side of a pretrained extractor given without ``@SIZE``.
+        image_size: input side of a pretrained extractor given without ``@SIZE`` (default: its own when
+            frozen, :func:`input_size_for` the folder when adapted).
         weights: a weights file for a pretrained extractor (else the installed or cached ones).
-        epochs: epochs of the autoencoder's training (default: its preset's).
+        epochs: epochs of the autoencoder's training or of the head's fit (default: the preset's / the
+            method's).
+        batch_size: images per optimiser step of that training or fit (default: the preset's / the method's).
         num_workers: processes decoding images while training or fitting.
         seed: seeds the training (default: the preset's) or the head's fit (default 0).
+        device: where the network runs (``auto``, ``cpu``, ``cuda[:N]``; default: the preset's for the
+            autoencoder, the CPU for a pretrained extractor).
         callbacks: progress objects (training, embedding, ``on_adapt``, and ``on_note(text)``: one line
             saying what is being trained or fitted, and on what).
 
     Raises:
-        LookalikeError: options that do not apply to the spec (``epochs`` for a pretrained extractor,
+        LookalikeError: options that do not apply to the spec (``epochs`` for a frozen extractor,
             ``image_size`` / ``weights`` for a trained model, two different sizes), a spec that learns
             without a ``folder``, and everything training or loading raises.
     """
@@ -150,31 +168,74 @@ def resolve_model(
             raise LookalikeError(f"{s.text}: an input size and weights are for pretrained extractors "
                                  "(a trained model fixes them)")  # fmt: skip
         if s.directory is not None:
-            if epochs is not None:
-                raise LookalikeError(f"{s.text}: epochs are for training; this model is already trained")
+            if epochs is not None or batch_size is not None:
+                raise LookalikeError(f"{s.text}: epochs and batch sizes are for training; this model is already "
+                                     "trained")  # fmt: skip
             return Model.load(s.directory)
         if folder is None:
             raise LookalikeError(f"{s.text} is trained on a folder of images: give one")
         from ..training import train
 
         emit(callbacks, "on_note", f"training the {s.text} on {display_path(folder)} first")
-        return train(folder, epochs=epochs, seed=seed, num_workers=num_workers, callbacks=callbacks)
-    if epochs is not None:
-        raise LookalikeError(f"{s.text} is pretrained: epochs are for training the autoencoder")
+        return train(folder, epochs=epochs, batch_size=batch_size, seed=seed, device=device, num_workers=num_workers,
+                     callbacks=callbacks)  # fmt: skip
     if s.image_size is not None and image_size is not None and s.image_size != image_size:
         raise LookalikeError(f"{s.text} and an input size of {image_size} px disagree")
     assert s.name is not None
-    base = Model.pretrained(s.name, image_size=s.image_size or image_size, weights=weights)
     if not s.adapted:
-        return base
+        if epochs is not None or batch_size is not None:
+            raise LookalikeError(f"{s.text} is frozen: epochs and batch sizes are for training (the autoencoder, "
+                                 "a +adapted head)")  # fmt: skip
+        frozen = Model.pretrained(s.name, image_size=s.image_size or image_size, weights=weights)
+        return frozen if device is None else frozen.to(device)
     if folder is None:
-        raise LookalikeError(f"{s.text} fits a head on a folder's images: give one")
-    from ..adaptation import adapt, sample_paths
+        raise LookalikeError(f"{s.text} learns a head on a folder's images: give one")
+    from ..adaptation import MIN_IMAGES, VIEWS, adapt, sample_paths
     from ..data import find_images
-    from ..embed import embed_files
 
-    sample = sample_paths(find_images(folder))
-    emit(callbacks, "on_note", f"fitting {s.name}'s adapted head on {len(sample):,} images of {display_path(folder)}")
+    images = find_images(folder)
+    size = s.image_size or image_size or input_size_for(images)
+    try:
+        base = Model.pretrained(s.name, image_size=size, weights=weights)
+    except LookalikeError as exc:
+        if not s.default:
+            raise
+        emit(callbacks, "on_note", f"{exc}: training the from-scratch {AUTOENCODER} instead")
+        return resolve_model(AUTOENCODER, folder, epochs=epochs, batch_size=batch_size, num_workers=num_workers,
+                             seed=seed, device=device, callbacks=callbacks)  # fmt: skip
+    if device is not None:
+        base.to(device)
+    sample = sample_paths(images)
+    if len(sample) < MIN_IMAGES:
+        emit(callbacks, "on_note", f"{display_path(folder)} has {len(sample)} images, too few to learn from "
+                                   f"(a head needs {MIN_IMAGES}): using the frozen {s.name}@{size}")  # fmt: skip
+        return base
+    emit(callbacks, "on_note", f"learning {s.name}@{size}'s head on {len(sample):,} images of {display_path(folder)} "
+                               f"(the images and {VIEWS} augmented views of each)")  # fmt: skip
     base.set_precision("auto")
-    features = embed_files(base, sample, num_workers=num_workers, callbacks=callbacks).vectors
-    return adapt(base, features, seed=0 if seed is None else seed, callbacks=callbacks)
+    adapted = adapt(base, paths=sample, epochs=epochs, batch_size=batch_size, seed=0 if seed is None else seed,
+                    num_workers=num_workers, callbacks=callbacks)  # fmt: skip
+    return adapted.to(base.device)  # the head was fitted on the CPU
+
+
+def input_size_for(paths: Sequence[str | os.PathLike[str]], sample: int = 100) -> int:
+    """The input side a pretrained extractor learns a folder at: :data:`PHOTO_SIZE` when the median short
+    side of (a seeded sample of at most ``sample`` of) its images is at least that, else :data:`SMALL_SIZE`.
+
+    Measured with frozen and adapted Lite0 on real photo folders (BENCHMARKS.md), 160 px gains 0.02-0.05
+    mAP@100 over 128 px for about 1.6x the encoder time; 224 px gains more but costs about 3x, which a
+    laptop CPU pays on every image indexed. Images smaller than 160 px are upscaled to 128, as before."""
+    from PIL import Image
+
+    from ..adaptation import sample_paths
+
+    sides = []
+    for path in sample_paths(list(paths), sample):
+        try:
+            with Image.open(path) as im:  # the header only: no pixels are decoded
+                sides.append(min(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # unreadable files are reported when the folder is embedded
+    if sides and sorted(sides)[len(sides) // 2] >= PHOTO_SIZE:
+        return PHOTO_SIZE
+    return SMALL_SIZE

@@ -40,8 +40,10 @@ async def search_by_upload(
     served: Current,
     image: Annotated[
         UploadFile,
-        File(description="The picture: JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF (HEIC with pillow-heif), up to "
-             "the size limit."),
+        File(
+            description="The picture: JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF (HEIC with pillow-heif), up to "
+            "the size limit."
+        ),
     ],
     k: Annotated[int | None, Form(description="How many results (clamped to 1..max_k, with a notice).")] = None,
     metric: Annotated[str, Form(description="cosine (similarity) or euclidean (distance).")] = "cosine",
