@@ -24,9 +24,10 @@ they count as false pairs here.
 ``lookalike.training.train(distractors, None, epochs=--ae-epochs, val_fraction=0, seed=--seed)`` on the
 distractors only, so neither an original nor a copy is seen in training; or ``--model DIR``),
 ``efficientnet-lite0`` (``Model.pretrained("efficientnet-lite0", image_size=--lite0-size)``, skipped when
-its weights are not installed) and ``pixels``. Every model embeds with ``set_precision(--precision)``
-(``auto``, as ``Index.build`` does) through ``Model.embed``; similarities are cosines of the L2-normalised
-embeddings, as in an index.
+its weights are not installed), ``efficientnet-lite0+adapted`` (lookalike's default: the same backbone with
+a ``views`` head learned on the distractors and two augmented views of each) and ``pixels``. Every model
+embeds with ``set_precision(--precision)`` (``auto``, as ``Index.build`` does) through ``Model.embed``;
+similarities are cosines of the L2-normalised embeddings, as in an index.
 
 **Measures**, per extractor and transform:
 
@@ -74,7 +75,7 @@ TRANSFORMS = ("resize", "jpeg", "crop", "flip", "brightness", "rotate90")
 CORE = ("resize", "jpeg", "flip")  # the copies the default threshold must find
 BINS = 2000  # similarity histogram bins over [-1, 1)
 EDGE_SLACK = 1e-6  # as lookalike.duplicates.EDGE_SLACK
-EXTRACTORS = ("autoencoder", "efficientnet-lite0", "pixels")
+EXTRACTORS = ("autoencoder", "efficientnet-lite0", "efficientnet-lite0+adapted", "pixels")
 
 
 def _load_quality() -> Any:
@@ -149,6 +150,22 @@ def get_model(name: str, args: argparse.Namespace, distractors: np.ndarray) -> t
         secs = time.perf_counter() - t0
         return model, f"default preset, {args.ae_epochs} epochs on the distractors", secs
     size = args.lite0_size if name.startswith("efficientnet") else None
+    if name.endswith("+adapted"):  # the default: a views head learned on the distractors (as `index` would)
+        import torch
+
+        from lookalike.adaptation import VIEW_AUGMENTATION, VIEWS, adapt, embed_pixel_views
+        from lookalike.data import arrays_to_pixels
+
+        base = Model.pretrained(name.removesuffix("+adapted"), image_size=size).set_precision(args.precision)
+        _log(f"learning {name}'s head on the {len(distractors):,} distractors and {VIEWS} views of each ...")
+        t0 = time.perf_counter()
+        pixels = arrays_to_pixels(np.ascontiguousarray(distractors), base.preprocessing)
+        features = base.embed_pixels(pixels)
+        gen = torch.Generator().manual_seed(args.seed)
+        views = np.concatenate([embed_pixel_views(base, pixels[i : i + 1024], VIEWS, VIEW_AUGMENTATION, gen)
+                                for i in range(0, len(pixels), 1024)], axis=1)  # fmt: skip
+        model = adapt(base, features, views=views, seed=args.seed)
+        return model, f"{name} at {size} px, head learned on the distractors", time.perf_counter() - t0
     try:
         model = Model.pretrained(name, image_size=size) if size else Model.pretrained(name)
     except LookalikeError as exc:
@@ -382,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=quality_defaults["cache"], help="where it is decoded once")
     ap.add_argument("--originals", type=int, default=1000, help="images that get copies (default 1000)")
     ap.add_argument("--distractors", type=int, default=5000, help="other, distinct images (default 5000)")
-    ap.add_argument("--extractors", default=",".join(EXTRACTORS), help="comma-separated (default: all three)")
+    ap.add_argument("--extractors", default=",".join(EXTRACTORS), help="comma-separated (default: all four)")
     ap.add_argument("--model", type=Path, help="a saved autoencoder to use instead of training one")
     ap.add_argument("--ae-epochs", type=int, default=20, help="epochs when training the autoencoder here")
     ap.add_argument("--lite0-size", type=int, default=128, help="input size of efficientnet-lite0 (default 128)")

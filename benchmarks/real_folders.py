@@ -34,14 +34,16 @@ fitting seconds, embedding images/s (decoding included), wall seconds of the row
 ``on_compare_row`` callback to the next one), the number of queries, and every query's AP@100. Should the one
 ``compare`` call of a half fail, each extractor (a frozen extractor with its ``+adapted`` row) is re-run in a
 ``compare`` of its own on the same split (deterministic: same files, labels and seed); a failing one becomes
-a row holding its error, and the recommendation is then made here with compare's rule (the best mAP@100; if
-its margin over the second is not significant by the paired bootstrap, the faster of the two).
+a row holding its error, and the recommendation is then made here with compare's rule (the best score,
+``(AP@100 + P@10) / 2`` per query; if its margin over the second is not significant by the paired bootstrap,
+the faster encoder of the two, by compare's repeated timing).
 
 **Right pick**: compare's recommendation on half A is judged on half B and the other way round. It is right
-when it has the best mAP@100 on the other half, or when it is not significantly worse than the best there:
-``lookalike.comparison.paired_bootstrap(best AP@100, pick AP@100)`` over the other half's queries (the same
-queries for every row of a half) gives the mean difference, its 95 % interval and p; worse means the interval
-lies above 0 (compare's own rule for a significant margin). Printed: "pick right on X of Y halves".
+when it has the best score (compare's criterion: per query ``(AP@100 + P@10) / 2``) on the other half, or
+when it is not significantly worse than the best there: ``lookalike.comparison.paired_bootstrap(best, pick)``
+over the other half's queries (the same queries for every row of a half) gives the mean difference, its
+95 % interval and p; worse means the interval lies above 0 (compare's own rule for a significant margin).
+The same verdict by mAP@100 alone is printed beside it. Printed: "pick right on X of Y halves".
 
 **Tables**: per set, rows = extractors: mAP@100 on A and on B, then P@1, P@10 and 20-NN (mean of the halves),
 training seconds and img/s (mean of the halves) and wall seconds (both halves); then each half's pick and its
@@ -329,7 +331,10 @@ def _row_record(comp: Any, row: Any, wall: float | None, protocol: dict[str, Any
         "n_database": comp.n_database,
         "n_queries": comp.n_queries,
         "n_evaluated": r.n_evaluated,
+        "score": _num(row.score),
+        "encode_ms": row.encode_ms,
         "_ap": _query_ap(comp, row, protocol["map_at"], protocol["knn_k"]),
+        "_score": np.asarray(row.query_scores, dtype=np.float64),
     }
 
 
@@ -353,7 +358,7 @@ def _recommend(rows: list[dict[str, Any]], bootstrap: int, seed: int) -> dict[st
     """compare's rule, for rows gathered from several compare calls (the fallback)."""
     from lookalike.comparison import paired_bootstrap
 
-    ok = sorted((r for r in rows if "error" not in r), key=lambda r: -(r["map_at_100"] or -1.0))
+    ok = sorted((r for r in rows if "error" not in r), key=lambda r: -(r["score"] or -1.0))
     if not ok:
         return {"recommended": None, "winner": None, "runner_up": None, "recommendation": "every row failed"}
     best = ok[0]
@@ -361,8 +366,8 @@ def _recommend(rows: list[dict[str, Any]], bootstrap: int, seed: int) -> dict[st
         return {"recommended": best["name"], "winner": best["name"], "runner_up": None, "margin": 0.0,
                 "ci95": [0.0, 0.0], "p_value": 1.0, "recommendation": f"only {best['name']} was measured"}  # fmt: skip
     second = ok[1]
-    margin, ci, p = paired_bootstrap(best["_ap"], second["_ap"], bootstrap, seed)
-    pick = best if ci[0] > 0 else max((best, second), key=lambda r: r["images_per_s"] or 0.0)
+    margin, ci, p = paired_bootstrap(best["_score"], second["_score"], bootstrap, seed)
+    pick = best if ci[0] > 0 else min((best, second), key=lambda r: r["encode_ms"])
     text = (f"{best['name']} vs {second['name']}: {margin:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}, p = {p:.3g})"
             f"; use {pick['name']} (rule of compare, applied by real_folders.py)")  # fmt: skip
     return {"recommended": pick["name"], "winner": best["name"], "runner_up": second["name"], "margin": margin,
@@ -448,24 +453,29 @@ def _busy_cpu() -> float | None:
 
 
 # ============================================================================================ judging
-def judge(pick: str | None, other: dict[str, Any], bootstrap: int, seed: int) -> dict[str, Any]:
-    """Is ``pick`` (recommended on one half) the best on ``other``, or not significantly worse than it?"""
+JUDGED_ON = {"score": ("score", "_score"), "mAP@100": ("map_at_100", "_ap")}  # what a pick is judged on
+
+
+def judge(pick: str | None, other: dict[str, Any], bootstrap: int, seed: int, on: str = "score") -> dict[str, Any]:
+    """Is ``pick`` (recommended on one half) the best on ``other``, or not significantly worse than it, by
+    ``on``: compare's own score (``score``: per query (AP@100 + P@10) / 2) or ``mAP@100``?"""
     from lookalike.comparison import paired_bootstrap
 
-    ok = [r for r in other.get("rows", []) if "error" not in r and r.get("map_at_100") is not None]
+    key, per_query = JUDGED_ON[on]
+    ok = [r for r in other.get("rows", []) if "error" not in r and r.get(key) is not None]
     if pick is None or not ok:
         return {"pick": pick, "verdict": "not judged", "why": "no pick" if pick is None else "no rows there"}
-    best = max(ok, key=lambda r: r["map_at_100"])
+    best = max(ok, key=lambda r: r[key])
     mine = next((r for r in ok if r["name"] == pick), None)
-    out: dict[str, Any] = {"pick": pick, "best_there": best["name"], "best_map": best["map_at_100"]}
+    out: dict[str, Any] = {"pick": pick, "on": on, "best_there": best["name"], "best_value": best[key]}
     if mine is None:
         return {**out, "verdict": "not judged", "why": f"{pick} has no result on the other half"}
-    out["pick_map"] = mine["map_at_100"]
+    out["pick_value"] = mine[key]
     if mine is best:
         return {**out, "verdict": "right", "diff": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0, "why": "best there"}
-    d, ci, p = paired_bootstrap(best["_ap"], mine["_ap"], bootstrap, seed)
+    d, ci, p = paired_bootstrap(best[per_query], mine[per_query], bootstrap, seed)
     right = not ci[0] > 0
-    why = (f"{best['name']} - {pick} = {d:+.3f} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}, p = {p:.3g}): "
+    why = (f"{best['name']} - {pick} = {d:+.3f} {on} (95% CI {ci[0]:+.3f} to {ci[1]:+.3f}, p = {p:.3g}): "
            + ("not significantly worse" if right else "significantly worse"))  # fmt: skip
     return {**out, "verdict": "right" if right else "wrong", "diff": d, "ci95": list(ci), "p_value": p, "why": why}
 
@@ -503,7 +513,7 @@ def _rows_by_name(result: dict[str, Any], name: str) -> dict[str, dict[str, Any]
     return out
 
 
-SET_HEAD = ["extractor", "mAP@100 A", "mAP@100 B", "P@1", "P@10", "20-NN", "train s", "img/s", "wall s"]
+SET_HEAD = ["extractor", "mAP@100 A", "mAP@100 B", "P@1", "P@10", "20-NN", "train s", "img/s", "enc ms", "wall s"]
 
 
 def print_set(name: str, result: dict[str, Any], specs: list[str]) -> None:
@@ -515,7 +525,7 @@ def print_set(name: str, result: dict[str, Any], specs: list[str]) -> None:
         ok = {h: r for h, r in by_half.items() if "error" not in r}
         cells = [spec, _fmt(ok.get("A", {}).get("map_at_100")), _fmt(ok.get("B", {}).get("map_at_100"))]
         for key, spec_fmt in (("p_at_1", ".3f"), ("p_at_10", ".3f"), ("knn", ".3f"), ("train_seconds", ".1f"),
-                              ("images_per_s", ",.0f")):  # fmt: skip
+                              ("images_per_s", ",.0f"), ("encode_ms", ".2f")):  # fmt: skip
             cells.append(_fmt(_mean([r.get(key) for r in ok.values()]), spec_fmt))
         walls = [r.get("wall_seconds") for r in ok.values()]
         cells.append(_fmt(sum(w for w in walls if w is not None) if ok else None, ",.0f"))
@@ -536,6 +546,8 @@ def print_set(name: str, result: dict[str, Any], specs: list[str]) -> None:
         rec = halves.get(h, {}).get("recommendation", "")
         print(f"pick on {h}: {verdict.get('pick')} ({rec})")
         print(f"  judged on {verdict.get('judged_on')}: {verdict['verdict'].upper()}: {verdict.get('why', '')}")
+        by_map = verdict.get("by_map", {})
+        print(f"  by mAP@100 alone: {by_map.get('verdict', '?').upper()}: {by_map.get('why', '')}")
 
 
 def summarise(results: dict[str, Any], specs: list[str], reference: str) -> dict[str, Any]:
@@ -565,8 +577,11 @@ def summarise(results: dict[str, Any], specs: list[str], reference: str) -> dict
                      "worst_vs_reference": worst}  # fmt: skip
     verdicts = [v for res in results["sets"].values() for v in res.get("picks", {}).values()]
     judged = [v for v in verdicts if v["verdict"] in ("right", "wrong")]
+    by_map = [v["by_map"] for v in verdicts if v.get("by_map", {}).get("verdict") in ("right", "wrong")]
     return {"reference": reference, "extractors": per, "picks_right": sum(v["verdict"] == "right" for v in judged),
-            "picks_judged": len(judged), "picks_not_judged": len(verdicts) - len(judged)}  # fmt: skip
+            "picks_judged": len(judged), "picks_not_judged": len(verdicts) - len(judged),
+            "picks_right_by_map": sum(v["verdict"] == "right" for v in by_map),
+            "picks_judged_by_map": len(by_map)}  # fmt: skip
 
 
 def print_summary(summary: dict[str, Any], n_sets: int) -> None:
@@ -582,7 +597,9 @@ def print_summary(summary: dict[str, Any], n_sets: int) -> None:
     _print_table(f"summary over {n_sets} set(s) (each set: mean of its halves; worst: over every set and half)",
                  head, rows)  # fmt: skip
     extra = f" ({summary['picks_not_judged']} not judged)" if summary["picks_not_judged"] else ""
-    print(f"pick right on {summary['picks_right']} of {summary['picks_judged']} halves{extra}")
+    right_map, judged_map = summary.get("picks_right_by_map", "?"), summary.get("picks_judged_by_map", "?")
+    print(f"pick right on {summary['picks_right']} of {summary['picks_judged']} halves{extra} (judged on compare's "
+          f"score); by mAP@100 alone: {right_map} of {judged_map}")  # fmt: skip
 
 
 # ============================================================================================ results
@@ -592,6 +609,8 @@ def _jsonable(x: Any) -> Any:
         for k, v in x.items():
             if k == "_ap":
                 out["query_ap_at_100"] = [None if not np.isfinite(a) else round(float(a), 4) for a in v]
+            elif k == "_score":
+                out["query_score"] = [None if not np.isfinite(a) else round(float(a), 4) for a in v]
             else:
                 out[k] = _jsonable(v)
         return out
@@ -823,9 +842,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for h in halves:
             other = "B" if h == "A" else "A"
             if other in res["halves"]:
-                verdict = judge(res["halves"][h].get("recommended"), res["halves"][other], protocol["bootstrap"],
-                                protocol["seed"])  # fmt: skip
-                res["picks"][h] = {**verdict, "picked_on": h, "judged_on": other}
+                pick = res["halves"][h].get("recommended")
+                verdict = judge(pick, res["halves"][other], protocol["bootstrap"], protocol["seed"])
+                by_map = judge(pick, res["halves"][other], protocol["bootstrap"], protocol["seed"], on="mAP@100")
+                res["picks"][h] = {**verdict, "picked_on": h, "judged_on": other, "by_map": by_map}
         res["seconds"] = time.perf_counter() - t_set
         print_set(name, res, specs)
         write_json(args.json, results)

@@ -274,10 +274,18 @@ class Entries(Mapping[int, CatalogEntry]):
         return b"\0" + _raw(folder.rstrip("/")) + b"/" in self._blob
 
 
-def label_for(relative: str) -> str | None:
-    """The label of a relative POSIX path: its parent folder, or None at the root."""
+def label_for(relative: str, depth: int | None = None) -> str | None:
+    """The label of a relative POSIX path: its parent folder (all of it: ``domain/class``), or None at the root.
+
+    ``depth`` keeps part of a nested parent: ``N > 0`` its first N folders (``1``: ``domain``), ``N < 0`` its
+    last -N folders (``-1``: ``class``); a path with fewer folders keeps what it has."""
     parent = relative.rsplit("/", 1)[0] if "/" in relative else ""
-    return parent or None
+    if not parent:
+        return None
+    if depth:
+        parts = parent.split("/")
+        parent = "/".join(parts[:depth] if depth > 0 else parts[depth:])
+    return parent
 
 
 class Catalog:

@@ -20,6 +20,7 @@ import html
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -52,11 +53,22 @@ class Candidate:
     dims: int  # vector length
     result: EvaluationResult  # the metrics on the held-out queries
     embed_seconds: float  # wall time embedding every image (decoding included)
-    images_per_s: float  # images embedded per second
+    images_per_s: float  # images embedded per second (decoding included: one run, as noisy as the machine)
+    encode_ms: float = 0.0  # the encoder's ms per image, best of TIMING_REPEATS on the same images (see _time_encoder)
     train_seconds: float = 0.0  # training / fitting time (autoencoder, adapted head)
     model: Any = None  # the Model (not saved in JSON)
     model_dir: str | None = None  # where the model was saved, when it was trained or adapted here
     vectors: np.ndarray | None = None  # (images, dims) embeddings in ``Comparison.paths`` order; NaN rows unreadable
+
+    @property
+    def query_scores(self) -> np.ndarray:
+        """Per query: what the pick is judged on, ``(AP@k + precision@10) / 2`` (NaN for a query left out)."""
+        return judged_scores(self.result)
+
+    @property
+    def score(self) -> float:
+        """The mean of :attr:`query_scores`: the row's score, :data:`SCORE` (the pick maximises it)."""
+        return float(np.nanmean(self.query_scores)) if np.isfinite(self.query_scores).any() else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result
@@ -73,6 +85,8 @@ class Candidate:
             "embed_seconds": round(self.embed_seconds, 3),
             "images_per_s": round(self.images_per_s, 1),
             "ms_per_image": round(1000.0 / self.images_per_s, 3) if self.images_per_s else None,
+            "encode_ms": round(self.encode_ms, 3),
+            "score": self.score,
             "train_seconds": round(self.train_seconds, 2),
             "model_dir": self.model_dir,
         }
@@ -87,9 +101,9 @@ class Comparison:
     n_database: int
     n_queries: int
     rows: list[Candidate]
-    winner: str  # name of the row with the highest mAP@k
+    winner: str  # name of the row with the highest score (SCORE: half mAP@k, half precision@10)
     runner_up: str | None
-    margin: float  # winner's mAP@k minus the runner-up's
+    margin: float  # winner's score minus the runner-up's
     ci: tuple[float, float]  # 95 % paired-bootstrap interval of that difference
     p_value: float  # two-sided bootstrap p-value of "no difference"
     recommended: str  # the row to use: the winner, or a faster row it does not beat significantly
@@ -130,9 +144,10 @@ class Comparison:
 
 # ---------------------------------------------------------------------------------------- inputs
 def labelled_images(
-    folder: str | os.PathLike[str], labels: str | os.PathLike[str] | None
+    folder: str | os.PathLike[str], labels: str | os.PathLike[str] | None, label_depth: int | None = None
 ) -> tuple[list[Path], list[str]]:
-    """The images under ``folder`` with a label (from ``labels``, a path,label file, or their sub-folder)."""
+    """The images under ``folder`` with a label (from ``labels``, a path,label file, or their sub-folder,
+    cut to ``label_depth`` as :func:`lookalike.catalog.label_for` does)."""
     from .data import find_images
     from .search import _label_lookup, read_label_file
 
@@ -142,7 +157,7 @@ def labelled_images(
         lookup = _label_lookup(read_label_file(labels), [root], Path(labels))
         found = [(p, lookup.get(os.path.normpath(p))) for p in paths]
     else:
-        found = [(p, label_for(p.relative_to(root).as_posix())) for p in paths]
+        found = [(p, label_for(p.relative_to(root).as_posix(), label_depth)) for p in paths]
     kept = [(p, lab) for p, lab in found if lab is not None]
     if not kept:
         how = f"{labels} labels none of them" if labels else "put them in one sub-folder per class, or pass --labels"
@@ -177,6 +192,26 @@ def split_queries(labels: Sequence[str], fraction: float, max_queries: int, seed
     q = np.sort(np.concatenate(queries))
     db = np.setdiff1d(np.arange(len(labels_arr)), q)
     return q, db
+
+
+SCORE = "score = (mAP@{k} + P@10) / 2"
+SCORE_WHY = (
+    "the first screen of results (precision@10) and the order of the deeper list (mAP@{k}) count alike: "
+    "a head can win the deep list while losing the top ranks a person looks at first"
+)
+TOP_K = 10  # the "first screen" of the score
+FEW_QUERIES = 100  # below this many queries a recommendation says that it rests on few
+TIMING_IMAGES = 64  # images the encoders are timed on (the same ones for every row)
+TIMING_REPEATS = 3  # timed passes over them, after a warm-up; the fastest counts
+
+
+def judged_scores(result: EvaluationResult) -> np.ndarray:
+    """Per query ``(AP@k + precision@10) / 2``: what :func:`compare` ranks extractors by (:data:`SCORE_WHY`)."""
+    ap = np.asarray(result.query_ap_at_k, dtype=np.float64)
+    top = result.query_precision_at_k
+    if top is None or TOP_K not in result.ks:
+        return ap
+    return (ap + np.asarray(top, dtype=np.float64)[:, list(result.ks).index(TOP_K)]) / 2
 
 
 def paired_bootstrap(
@@ -215,6 +250,7 @@ def compare(
     folder: str | os.PathLike[str],
     *,
     labels: str | os.PathLike[str] | None = None,
+    label_depth: int | None = None,
     extractors: Sequence[str] | None = None,
     model: Any = None,
     epochs: int | None = None,
@@ -236,6 +272,8 @@ def compare(
     Args:
         folder: the images; labels from their sub-folders or from ``labels``.
         labels: a ``path,label`` file (see :func:`lookalike.search.read_label_file`).
+        label_depth: which part of a nested sub-folder is the label (``domain/class``: 1 gives ``domain``,
+            -1 ``class``; None: all of it).
         extractors: rows to compare, e.g. ``["autoencoder", "pixels", "efficientnet-lite0@128",
             "efficientnet-lite0+adapted"]`` (``@N``: input size; ``+adapted``: a head fitted on the
             database images, see :mod:`lookalike.adaptation`). Default: :func:`default_extractors`.
@@ -267,17 +305,17 @@ def compare(
 
     t_start = time.perf_counter()
     root = Path(folder).expanduser().resolve()
-    paths, labs = labelled_images(root, labels)
+    paths, labs = labelled_images(root, labels, label_depth)
     q_rows, db_rows = split_queries(labs, query_fraction, max_queries, seed)
     names = list(extractors) if extractors else default_extractors()
     specs = [parse_spec(n) for n in names]  # unknown names fail before any work
     out = Path(out_dir).expanduser() if out_dir is not None else None
     labels_arr = np.asarray(labs)
     rows: list[Candidate] = []
-    frozen: dict[tuple[str, int], tuple[Any, Any]] = {}  # (name, size) -> frozen model and its EmbedResult
+    frozen: dict[tuple[str, int], tuple[Any, Any, float]] = {}  # (name, size) -> model, EmbedResult, encoder ms
     for i, (spec, text) in enumerate(zip(specs, names)):
         emit(callbacks, "on_compare_row", text, i, len(names))
-        train_s = 0.0
+        train_s, base_ms = 0.0, 0.0
         model_dir = None
         if spec.directory is not None:
             the_model, model_dir = Model.load(spec.directory), str(spec.directory)
@@ -305,8 +343,8 @@ def compare(
                 base.set_precision("auto")
                 _warm_up(base)
                 res = embed_files(base, paths, batch_size=batch_size, num_workers=num_workers, callbacks=callbacks)
-                frozen[key] = (base, res)
-            base, res = frozen[key]
+                frozen[key] = (base, res, _time_encoder(base, [paths[j] for j in res.positions[:TIMING_IMAGES]]))
+            base, res, base_ms = frozen[key]
             if spec.adapted:  # fitted on the database images only: the queries stay unseen
                 from .adaptation import MIN_IMAGES, adapt
 
@@ -342,18 +380,27 @@ def compare(
         aligned = np.full(len(q_rows), np.nan)
         aligned[readable[q_rows]] = result.query_ap_at_k
         result.query_ap_at_k = aligned
+        if result.query_precision_at_k is not None:
+            top = np.full((len(q_rows), len(result.ks)), np.nan)
+            top[readable[q_rows]] = result.query_precision_at_k
+            result.query_precision_at_k = top
         result.query_keys = [int(j) for j in q_rows]
         n_embedded = len(res.positions)
+        timing = [paths[j] for j in res.positions[:TIMING_IMAGES]]
+        if spec.is_pretrained:  # a frozen row's time was taken once; a head adds its own: never below the backbone
+            encode_ms = base_ms + (_time_head(the_model, base, timing) if spec.adapted else 0.0)
+        else:
+            encode_ms = _time_encoder(the_model, timing)
         rows.append(Candidate(
             name=text, extractor=the_model.extractor, image_size=the_model.preprocessing.image_size,
             dims=the_model.embedding_dim, result=result, embed_seconds=res.seconds,
-            images_per_s=n_embedded / res.seconds if res.seconds > 0 else 0.0, train_seconds=train_s,
-            model=the_model, model_dir=model_dir, vectors=full,
+            images_per_s=n_embedded / res.seconds if res.seconds > 0 else 0.0, encode_ms=encode_ms,
+            train_seconds=train_s, model=the_model, model_dir=model_dir, vectors=full,
         ))  # fmt: skip
     comparison = _judge(root, rows, q_rows, db_rows, paths, labs, bootstrap, seed)
     comparison.info.update({
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "labels": str(labels) if labels else "sub-folders",
+        "labels": str(labels) if labels else "sub-folders" + (f" (depth {label_depth})" if label_depth else ""),
         "query_fraction": query_fraction, "max_queries": max_queries, "seed": seed, "bootstrap": bootstrap,
         "map_at": map_at, "knn_k": knn_k, "seconds": round(time.perf_counter() - t_start, 1),
     })  # fmt: skip
@@ -363,6 +410,54 @@ def compare(
 def _warm_up(model: Any) -> None:
     """One tiny batch first, so tracing and allocation are not counted in the embedding time."""
     model.embed_pixels(np.zeros((2, *model.input_shape), dtype=np.uint8))
+
+
+_timing_pixels: dict[tuple[Any, ...], np.ndarray] = {}  # (paths, preprocessing) -> prepared pixels, one compare
+
+
+def _prepared(model: Any, paths: list[Path]) -> np.ndarray:
+    key = (tuple(paths), repr(model.preprocessing))
+    if key not in _timing_pixels:
+        _timing_pixels.clear()
+        _timing_pixels[key] = np.stack([model.prepare(p) for p in paths])
+    return _timing_pixels[key]
+
+
+def _best_of(run: Any) -> float:
+    """Seconds of the fastest of :data:`TIMING_REPEATS` calls of ``run``, after one untimed call."""
+    run()
+    best = math.inf
+    for _ in range(TIMING_REPEATS):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _time_encoder(model: Any, paths: list[Path]) -> float:
+    """The encoder's milliseconds per image on ``paths`` (decoded beforehand, the same images for every row):
+    the fastest of :data:`TIMING_REPEATS` warm passes, so one busy moment of a shared machine does not
+    decide which of two extractors is called the faster."""
+    if not paths:
+        return 0.0
+    pixels = _prepared(model, paths)
+    return 1000 * _best_of(lambda: model.embed_pixels(pixels)) / len(paths)
+
+
+def _time_head(adapted: Any, base: Any, paths: list[Path]) -> float:
+    """Milliseconds per image of an adapted head alone, on its backbone's features of ``paths``."""
+    import torch
+
+    if not paths:
+        return 0.0
+    features = torch.from_numpy(base.embed_pixels(_prepared(base, paths)))
+    head = adapted.network.head
+
+    def run() -> None:
+        with torch.inference_mode():
+            head(features)
+
+    return 1000 * _best_of(run) / len(paths)
 
 
 def _judge(
@@ -375,29 +470,36 @@ def _judge(
     bootstrap: int,
     seed: int,
 ) -> Comparison:
-    ranked = sorted(rows, key=lambda r: -r.result.map_at_k)
+    if not rows:
+        raise LookalikeError(f"{root}: no extractor could be compared here (every row was skipped)")
+    ranked = sorted(rows, key=lambda r: -r.score)
     best = ranked[0]
     k = best.result.map_k
+    what = SCORE.format(k=k)
     common = dict(folder=root, n_images=len(paths), n_database=len(db_rows), n_queries=len(q_rows), rows=rows,
                   query_rows=q_rows, database_rows=db_rows, paths=paths, labels=labs)  # fmt: skip
+    few = (f"; only {len(q_rows)} queries: a small difference here may not hold on other images of this kind"
+           if len(q_rows) < FEW_QUERIES else "")  # fmt: skip
     if len(ranked) == 1:
-        text = f"only {best.name} was measured: mAP@{k} {best.result.map_at_k:.3f}"
+        text = f"only {best.name} was measured: {what} {best.score:.3f}{few}"
         return Comparison(**common, winner=best.name, runner_up=None, margin=0.0, ci=(0.0, 0.0), p_value=1.0,
                           recommended=best.name, recommendation=text)  # fmt: skip
     second = ranked[1]
-    margin, ci, p = paired_bootstrap(best.result.query_ap_at_k, second.result.query_ap_at_k, bootstrap, seed)
+    margin, ci, p = paired_bootstrap(best.query_scores, second.query_scores, bootstrap, seed)
     recommended = best.name
     interval = f"95% CI {ci[0]:+.3f} to {ci[1]:+.3f}, p = {p:.3g}, {len(q_rows)} queries"
     if ci[0] > 0:
-        text = (f"use {best.name}: mAP@{k} {best.result.map_at_k:.3f} vs {second.result.map_at_k:.3f} for "
-                f"{second.name} (+{margin:.3f}, {interval}: significant)")  # fmt: skip
+        text = (f"use {best.name}: {what} {best.score:.3f} vs {second.score:.3f} for {second.name} "
+                f"(+{margin:.3f}, {interval}: significant)")  # fmt: skip
     else:
-        faster = max((best, second), key=lambda r: r.images_per_s)
+        faster = min((best, second), key=lambda r: r.encode_ms)
         recommended = faster.name
-        text = (f"{best.name} and {second.name} are not distinguishable here (mAP@{k} {best.result.map_at_k:.3f} "
-                f"vs {second.result.map_at_k:.3f}, {interval}); use {faster.name}, the faster")  # fmt: skip
+        text = (f"{best.name} and {second.name} are not distinguishable here ({what} {best.score:.3f} vs "
+                f"{second.score:.3f}, {interval}); use {faster.name}, the faster "
+                f"({faster.encode_ms:.2f} vs {max(best, second, key=lambda r: r.encode_ms).encode_ms:.2f} ms "
+                "per image)")  # fmt: skip
     return Comparison(**common, winner=best.name, runner_up=second.name, margin=margin, ci=ci, p_value=p,
-                      recommended=recommended, recommendation=text)  # fmt: skip
+                      recommended=recommended, recommendation=text + few)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ remembering
@@ -505,24 +607,29 @@ def _report_head(c: Comparison) -> str:
         f"<h1>Which extractor finds lookalikes best in <code>{html.escape(str(c.folder))}</code></h1>"
         f'<p class="rec"><b>Recommendation:</b> {html.escape(c.recommendation)}</p>'
         f"<p>{c.n_images:,} labelled images: {c.n_queries:,} queries (stratified by label, seed "
-        f"{c.info.get('seed', 0)}) searched against the other {c.n_database:,}. Relevant = same label. The margin "
-        f"between the two best is {verdict} by a paired bootstrap over queries "
-        f"({c.info.get('bootstrap', '?')} resamples).</p>"
+        f"{c.info.get('seed', 0)}) searched against the other {c.n_database:,}. Relevant = same label. Extractors "
+        f"are ranked by {html.escape(SCORE.format(k=c.rows[0].result.map_k))}: "
+        f"{html.escape(SCORE_WHY.format(k=c.rows[0].result.map_k))}. The margin between the two best is "
+        f"{verdict} by a paired bootstrap over queries ({c.info.get('bootstrap', '?')} resamples); between two "
+        "that are not distinguishable the faster encoder is recommended (the fastest of "
+        f"{TIMING_REPEATS} warm passes over the same {TIMING_IMAGES} images; an adapted head's time is its "
+        "backbone's plus its own).</p>"
     )
 
 
 def _report_table(c: Comparison) -> str:
     k = c.rows[0].result.map_k
     knn = c.rows[0].result.knn_k
-    head = "".join(f"<th>{h}</th>" for h in ("extractor", f"mAP@{k}", "P@1", "P@10", f"{knn}-NN acc.",
-                                              "ms / image", "dims", "training s"))  # fmt: skip
+    head = "".join(f"<th>{h}</th>" for h in ("extractor", "input px", "score", f"mAP@{k}", "P@1", "P@10",
+                                              f"{knn}-NN acc.", "encoder ms / image", "embedding img/s", "dims",
+                                              "training s"))  # fmt: skip
     body = []
-    for r in sorted(c.rows, key=lambda r: -r.result.map_at_k):
+    for r in sorted(c.rows, key=lambda r: -r.score):
         p = r.result.precision_at_k
         cls = ' class="best"' if r.name == c.recommended else ""
-        cells = [html.escape(r.name), f"{r.result.map_at_k:.3f}", f"{p.get(1, float('nan')):.3f}",
-                 f"{p.get(10, float('nan')):.3f}", f"{r.result.knn_accuracy:.3f}",
-                 f"{1000 / r.images_per_s:.2f}" if r.images_per_s else "-", f"{r.dims:,}",
+        cells = [html.escape(r.name), str(r.image_size), f"{r.score:.3f}", f"{r.result.map_at_k:.3f}",
+                 f"{p.get(1, float('nan')):.3f}", f"{p.get(10, float('nan')):.3f}", f"{r.result.knn_accuracy:.3f}",
+                 f"{r.encode_ms:.2f}", f"{r.images_per_s:,.0f}" if r.images_per_s else "-", f"{r.dims:,}",
                  f"{r.train_seconds:.0f}" if r.train_seconds else "-"]  # fmt: skip
         body.append(f"<tr{cls}>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
     return f"<h2>Results</h2><table><tr>{head}</tr>{''.join(body)}</table>"

@@ -63,6 +63,7 @@ def iter_embedded(
     # Decoding workers get cores of their own: the encoder takes what is left, so the two don't fight.
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - loader.num_workers))
     done = 0
+    emit(callbacks, "on_embed", 0, len(paths))  # the clock of a progress bar starts now, not after a batch
     with torch_threads(threads):
         for batch in loader:
             if batch.indices:

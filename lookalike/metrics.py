@@ -95,6 +95,7 @@ class EvaluationResult:
     query_labels: list[Any] | None = None  # per query: its label as given (not in to_dict)
     query_keys: list[Any] | None = None  # per query: what it is (Index.evaluate: an id or a path; not in to_dict)
     query_ap_at_k: np.ndarray | None = None  # per query: AP@map_k, NaN for a query left out (not in to_dict)
+    query_precision_at_k: np.ndarray | None = None  # (queries, len(ks)): precision@k per query, NaN when left out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the summary (NaN becomes None; per-query arrays are left out)."""
@@ -374,6 +375,7 @@ def evaluate_vectors(
 
     ap = np.full(n_q, np.nan)
     ap_at_k = np.full(n_q, np.nan)
+    q_prec = np.full((n_q, len(ks)), np.nan)
     knn_ok = np.zeros(n_q, dtype=bool)
     sums = {"ap": 0.0, "ap_k": 0.0, "knn": 0, "n": 0, "chance": 0.0}
     prec_sum = np.zeros(len(ks))
@@ -423,7 +425,9 @@ def evaluate_vectors(
                 sums["n"] += int(ok.sum())
                 sums["chance"] += float((part["r"][ok] / part["m"][ok]).sum())
                 hits = part["hits"][ok]
-                prec_sum += (hits / np.minimum(ks_arr[None, :], part["m"][ok, None])).sum(axis=0)
+                precision = hits / np.minimum(ks_arr[None, :], part["m"][ok, None])
+                q_prec[offset : offset + c][ok] = precision
+                prec_sum += precision.sum(axis=0)
                 rec_sum += (hits / part["r"][ok, None]).sum(axis=0)
                 curve_sum += part["curve"]
                 offset += c
@@ -457,4 +461,5 @@ def evaluate_vectors(
         seconds=time.perf_counter() - t0,
         query_labels=query_labels.tolist(),
         query_ap_at_k=ap_at_k,
+        query_precision_at_k=q_prec,
     )

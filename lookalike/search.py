@@ -952,6 +952,7 @@ class Index:
         queries: str | os.PathLike[str] | None = None,
         *,
         labels: str | os.PathLike[str] | None = None,
+        label_depth: int | None = None,
         ks: Sequence[int] = DEFAULT_KS,
         map_at: int = 1000,
         knn_k: int = 20,
@@ -972,6 +973,8 @@ class Index:
                 model and ranked against the whole index.
             labels: a ``path,label`` file (CSV or TSV, header optional; paths absolute, or relative to
                 the indexed folder or to ``queries``); None labels each image by its sub-folder.
+            label_depth: which part of a nested sub-folder is the label (``domain/class``: 1 gives
+                ``domain``, -1 ``class``; None, the default, all of it); see :func:`lookalike.catalog.label_for`.
             ks: the k of precision@k and recall@k.
             map_at: the k of mAP@k.
             knn_k: neighbours in the k-NN majority vote.
@@ -1006,7 +1009,10 @@ class Index:
         db_labels = []
         for id_ in db_ids.tolist():
             e = self.entries[id_]
-            db_labels.append(e.label if lookup is None else lookup.get(os.path.normpath(self.root / e.path)))
+            if lookup is not None:
+                db_labels.append(lookup.get(os.path.normpath(self.root / e.path)))
+            else:
+                db_labels.append(e.label if label_depth is None else label_for(e.path, label_depth))
         rows = np.array([i for i, lab in enumerate(db_labels) if lab is not None], dtype=np.int64)
         if len(rows) == 0 and labels is None:
             raise LookalikeError(
@@ -1025,7 +1031,9 @@ class Index:
             "root": str(self.root),
             "model": {"preset": self.model.preset, "fingerprint": self.model.fingerprint},
             "queries": "leave-one-out" if query_dir is None else str(query_dir),
-            "labels": "folders" if labels is None else str(Path(labels).expanduser()),
+            "labels": ("folders" + (f" (depth {label_depth})" if label_depth else ""))
+            if labels is None
+            else str(Path(labels).expanduser()),
             "n_database_unlabelled": len(db_ids) - len(rows),
         }
 
@@ -1040,7 +1048,7 @@ class Index:
             q_labels = []
             for p in query_paths:
                 rel = p.relative_to(query_dir).as_posix()
-                q_labels.append(label_for(rel) if lookup is None else lookup.get(os.path.normpath(p)))
+                q_labels.append(label_for(rel, label_depth) if lookup is None else lookup.get(os.path.normpath(p)))
             labelled = [i for i, lab in enumerate(q_labels) if lab is not None]
             if not labelled and labels is None:
                 raise LookalikeError(

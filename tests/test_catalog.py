@@ -183,3 +183,20 @@ def test_entries_hold_no_object_per_image():
         tracemalloc.stop()
     assert len(entries) == n and entries[n - 1].path == f"class9/image-{n - 1:06d}.jpg"
     assert held / n < 200, f"{held / n:.0f} bytes per image"  # dicts of CatalogEntry and of paths: ~300
+
+
+@pytest.mark.parametrize(
+    "depth, label",
+    [
+        (None, "art/dog/big"),
+        (1, "art"),
+        (2, "art/dog"),
+        (-1, "big"),
+        (-2, "dog/big"),
+        (5, "art/dog/big"),
+        (-9, "art/dog/big"),
+    ],  # fmt: skip
+)
+def test_label_depth_keeps_part_of_a_nested_folder(depth, label):
+    assert label_for("art/dog/big/x.jpg", depth) == label
+    assert label_for("x.jpg", depth) is None  # no folder, no label, at any depth

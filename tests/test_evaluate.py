@@ -247,3 +247,28 @@ def test_a_trained_model_separates_two_kinds_of_stripes(tmp_path: Path) -> None:
     assert result.precision_at_k[10] >= 0.9, summary
     assert result.map_at_k >= 0.75, summary
     assert result.mean_average_precision >= 0.6, summary  # the whole ranking, tail included
+
+
+def test_label_depth_chooses_the_level_of_nested_labels(tmp_path: Path) -> None:
+    """photos/DOMAIN/CLASS: by default the label is DOMAIN/CLASS; --label-depth -1 scores by CLASS across
+    domains, 1 by DOMAIN; compare takes the same option."""
+    from lookalike import comparison as cmp
+
+    for domain in ("photo", "sketch"):
+        make_class_images(tmp_path / "photos" / domain, per_class=6, size=16, seed=len(domain))
+    idx = Index.build(tmp_path / "photos", "pixels@8", num_workers=0)
+    whole = idx.evaluate(map_at=10)
+    by_class = idx.evaluate(map_at=10, label_depth=-1)
+    by_domain = idx.evaluate(map_at=10, label_depth=1)
+    assert sorted(set(whole.query_labels)) == ["photo/cool", "photo/warm", "sketch/cool", "sketch/warm"]
+    assert sorted(set(by_class.query_labels)) == ["cool", "warm"]
+    assert sorted(set(by_domain.query_labels)) == ["photo", "sketch"]
+    assert by_class.chance_precision > whole.chance_precision  # twice the relevant images per query
+    result = run_cli("evaluate", tmp_path / "photos", "-e", "pixels@8", "--label-depth", "-1", "--json",
+                     tmp_path / "e.json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e.json").read_text())["map_at_k"] == pytest.approx(
+        lookalike.Index.build(tmp_path / "photos", "pixels@8", num_workers=0).evaluate(label_depth=-1).map_at_k
+    )
+    comp = cmp.compare(tmp_path / "photos", extractors=["pixels@8"], label_depth=-1, map_at=10)
+    assert sorted(set(comp.labels)) == ["cool", "warm"] and comp.info["labels"] == "sub-folders (depth -1)"

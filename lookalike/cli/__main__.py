@@ -1,0 +1,5 @@
+"""``python -m lookalike.cli ARGS``."""
+
+from . import main
+
+main()
