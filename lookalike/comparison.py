@@ -523,10 +523,10 @@ def remember(comparison: Comparison) -> Path:
 def recommended_extractor(folder: str | os.PathLike[str]) -> tuple[str, str]:
     """``(extractor spec, why)`` for ``--extractor auto``: the last comparison's pick for this folder.
 
-    Without one, a quick comparison is run (at most 2,000 images, 200 queries, pretrained extractors and
-    pixels, and a 2-epoch autoencoder) when the folder is labelled; an unlabelled folder gets
-    efficientnet-lite0 when it is installed, else the autoencoder.
-    Returns specs like ``"efficientnet-lite0@128"``, ``"autoencoder"`` or a saved model directory.
+    Without one, a quick comparison is run (at most 2,000 images, 200 queries: raw pixels, the installed
+    pretrained extractors and the default, :data:`lookalike.models.spec.DEFAULT`) when the folder is
+    labelled; an unlabelled folder gets the default (it learns without labels).
+    Returns specs like ``"efficientnet-lite0@160+adapted"``, ``"pixels@32"`` or a saved model directory.
     """
     from .models.pretrained import installed_extractors
 
@@ -544,16 +544,16 @@ def recommended_extractor(folder: str | os.PathLike[str]) -> tuple[str, str]:
                 spec,
                 f"recommended by the comparison of {record['info'].get('created', '?')}: {record['recommendation']}",
             )
+    from .models.spec import DEFAULT
+
     installed = installed_extractors()
     try:
         paths, labs = labelled_images(folder, None)
         split_queries(labs, 0.2, 200, 0)
     except LookalikeError:
-        if installed:
-            return f"{installed[0]}", "no labels to compare extractors on; pretrained features are the safer default"
-        return AUTOENCODER, "no labels to compare on and no pretrained extractor installed"
-    quick = compare(folder, extractors=[AUTOENCODER, PIXELS, *installed], epochs=2, max_queries=200,
-                    **_quick_subset(paths))  # fmt: skip
+        return DEFAULT, "no labels to compare extractors on: the default, which learns without them"
+    extractors = [PIXELS, *installed, *([DEFAULT] if DEFAULT.split("+")[0] in installed else [])]
+    quick = compare(folder, extractors=extractors, max_queries=200, **_quick_subset(paths))
     remember(quick)
     row = quick.row(quick.recommended)
     return _spec_of(row.to_dict()), f"quick comparison: {quick.recommendation}"
@@ -564,8 +564,12 @@ def _quick_subset(paths: list[Path]) -> dict[str, Any]:
 
 
 def _spec_of(row: dict[str, Any]) -> str:
+    """The spec that makes a row's extractor again: ``autoencoder``, ``NAME@SIZE`` or ``NAME@SIZE+adapted``."""
     name = row["extractor"]
-    return name if name == AUTOENCODER else f"{name}@{row['image_size']}"
+    if name == AUTOENCODER:
+        return name
+    base, plus, head = name.partition("+")
+    return f"{base}@{row['image_size']}{plus}{head}"
 
 
 # ----------------------------------------------------------------------------------------- report

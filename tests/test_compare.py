@@ -17,6 +17,7 @@ from lookalike.adaptation import adapt, knn_graph
 from lookalike.metrics import evaluate_vectors
 from lookalike.models import Model
 from lookalike.models import pretrained as pt
+from lookalike.models.spec import parse_spec
 
 from .conftest import one_error_line, run_cli
 
@@ -316,6 +317,10 @@ def test_compare_remembers_the_pick_for_index_auto(class_folder: Path, trained_m
     r = run_cli("index", class_folder, "-o", out, "-e", "auto")
     assert r.exit_code == 0, r.output
     assert "--extractor auto: using pixels@" in r.output
+    # a remembered adapted pick is named so that it parses again (NAME@SIZE+adapted)
+    spec = cmp._spec_of({"extractor": "efficientnet-lite0+adapted", "image_size": 160})
+    assert spec == "efficientnet-lite0@160+adapted" and parse_spec(spec).image_size == 160
+    assert cmp._spec_of({"extractor": "autoencoder", "image_size": 32}) == "autoencoder"
 
 
 def test_cli_compare_prints_table_and_writes_report(
@@ -347,3 +352,25 @@ def test_api_names_are_functions_not_their_modules() -> None:
     assert lookalike.compare is lookalike.comparison.compare and callable(lookalike.compare)
     assert lookalike.adapt is lookalike.adaptation.adapt
     assert lookalike.register_extractor is pt.register_extractor
+
+
+def test_embedding_reports_its_start_so_rates_are_honest(class_folder: Path) -> None:
+    """Before: the first on_embed came after the first batch, so a progress bar's clock started late and a
+    one-batch folder showed thousands of images/s. Now every embedding step says when it starts."""
+    from lookalike.adaptation import embed_views
+    from lookalike.data import find_images
+    from lookalike.embed import embed_files
+
+    calls: list[tuple[int, int]] = []
+
+    class Calls:
+        def on_embed(self, done: int, total: int) -> None:
+            calls.append((done, total))
+
+    base = Model.pretrained("pixels", image_size=8)
+    paths = find_images(class_folder)
+    embed_files(base, paths, num_workers=0, callbacks=[Calls()])
+    assert calls[0] == (0, len(paths)) and calls[-1] == (len(paths), len(paths))
+    calls.clear()
+    embed_views(base, paths, num_workers=0, callbacks=[Calls()])
+    assert calls[0] == (0, len(paths)) and calls[-1] == (len(paths), len(paths))

@@ -65,9 +65,10 @@ def _write_images(root: Path, n: int, size: tuple[int, int]) -> Path:
 
 def test_input_size_follows_the_images(tmp_path: Path) -> None:
     photos = find_images(_write_images(tmp_path / "photos", 9, (320, 200)))
-    thumbs = find_images(_write_images(tmp_path / "thumbs", 9, (200, 100)))
-    assert input_size_for(photos) == PHOTO_SIZE == 160
-    assert input_size_for(thumbs) == SMALL_SIZE == 128  # short side 100 px: upscaled to 128
+    small = find_images(_write_images(tmp_path / "small", 9, (40, 32)))
+    tiny = find_images(_write_images(tmp_path / "tiny", 9, (28, 28)))
+    assert input_size_for(photos) == input_size_for(small) == PHOTO_SIZE == 160  # CIFAR's 32 px: upscaled
+    assert input_size_for(tiny) == SMALL_SIZE == 128  # MNIST's 28 px: upscaled less
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"no image")
     assert input_size_for([junk, *photos]) == PHOTO_SIZE  # an unreadable file is left to the indexer
@@ -92,7 +93,7 @@ def test_default_learns_on_lite0_and_falls_back(tmp_path: Path, monkeypatch) -> 
     assert notes == [f"learning efficientnet-lite0@160's head on 20 images of {folder} (the images and 2 "
                      "augmented views of each)"]  # fmt: skip
     notes.clear()
-    small = _write_images(tmp_path / "small", 6, (64, 64))
+    small = _write_images(tmp_path / "small", 6, (24, 24))
     m = resolve_model(None, small, callbacks=[Notes()])
     assert m.extractor == "efficientnet-lite0" and m.preprocessing.image_size == 128
     assert notes == [f"{small} has 6 images, too few to learn from (a head needs 16): using the frozen "

@@ -7,7 +7,7 @@ and Python users all name extractors the same way:
   ``vgg16-fc1``, ``pixels``, or one registered with :func:`lookalike.register_extractor`) at input side
   ``SIZE``; ``+adapted`` learns a head on the folder's unlabelled images (:mod:`lookalike.adaptation`).
   Without ``@SIZE`` a frozen extractor runs at its own default (128 px for EfficientNet-Lite) and an
-  adapted one at the size :func:`input_size_for` chooses from the folder's images;
+  adapted one at the size :func:`input_size_for` chooses from the folder's images (160 px, 128 for tiny ones);
 - ``autoencoder``: the from-scratch convolutional autoencoder, trained on the folder's images first;
 - the path of a saved model directory (it wins over a name when such a directory exists).
 
@@ -37,8 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
 AUTOENCODER = "autoencoder"
 ADAPTED = "+adapted"
 DEFAULT = "efficientnet-lite0" + ADAPTED  # what `lookalike train/index FOLDER` use when no extractor is named
-PHOTO_SIZE = 160  # input side for folders of photos (short side >= PHOTO_SIZE): BENCHMARKS.md, "input size"
-SMALL_SIZE = 128  # input side for smaller images (upscaled), e.g. CIFAR's 32 px
+PHOTO_SIZE = 160  # input side of a learned head on a folder whose images are at least TINY px (upscaled if smaller)
+TINY = 32  # below this median short side (MNIST's 28 px, 8 px digits) images are upscaled to SMALL_SIZE only
+SMALL_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -219,12 +220,15 @@ def resolve_model(
 
 
 def input_size_for(paths: Sequence[str | os.PathLike[str]], sample: int = 100) -> int:
-    """The input side a pretrained extractor learns a folder at: :data:`PHOTO_SIZE` when the median short
-    side of (a seeded sample of at most ``sample`` of) its images is at least that, else :data:`SMALL_SIZE`.
+    """The input side a pretrained extractor learns a folder at: :data:`PHOTO_SIZE` (160 px) when the median
+    short side of (a seeded sample of at most ``sample`` of) its images is at least :data:`TINY`, else
+    :data:`SMALL_SIZE` (128 px).
 
-    Measured with frozen and adapted Lite0 on real photo folders (BENCHMARKS.md), 160 px gains 0.02-0.05
-    mAP@100 over 128 px for about 1.6x the encoder time; 224 px gains more but costs about 3x, which a
-    laptop CPU pays on every image indexed. Images smaller than 160 px are upscaled to 128, as before."""
+    Measured with Lite0 on ten real folders and CIFAR-10 (BENCHMARKS.md): 160 px scored higher than 128 on
+    every one, photos (+0.02-0.05 mAP@100 frozen) and small images upscaled alike (CIFAR-10's 32 px:
+    mAP@1000 0.565 vs 0.537; 100 px hand signs, 40-60 px street characters and signs: +0.006 to +0.02),
+    for about 2x the encoder's time; 224 px gains more on photos but costs about 3x, which a laptop CPU
+    pays on every image indexed. Images under 32 px are blown up 4-20x at either size; they keep 128."""
     from PIL import Image
 
     from ..adaptation import sample_paths
@@ -236,6 +240,6 @@ def input_size_for(paths: Sequence[str | os.PathLike[str]], sample: int = 100) -
                 sides.append(min(im.size))
         except (OSError, ValueError, Image.DecompressionBombError):
             continue  # unreadable files are reported when the folder is embedded
-    if sides and sorted(sides)[len(sides) // 2] >= PHOTO_SIZE:
+    if sides and sorted(sides)[len(sides) // 2] >= TINY:
         return PHOTO_SIZE
     return SMALL_SIZE
