@@ -52,7 +52,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_sets  # noqa: E402
 
-from lookalike.adaptation import adapt, knn_graph  # noqa: E402
+from lookalike.adaptation import _nt_xent, adapt, knn_graph  # noqa: E402  (the library's NT-Xent)
 from lookalike.comparison import split_queries  # noqa: E402
 from lookalike.metrics import evaluate_vectors  # noqa: E402
 from lookalike.models import Model  # noqa: E402
@@ -110,14 +110,6 @@ def cache_features(names: list[str], size: int, views: int, cache: Path) -> None
 def score(x: np.ndarray, labels: np.ndarray, q: np.ndarray, db: np.ndarray) -> dict[str, float]:
     r = evaluate_vectors(x[db], labels[db], x[q], labels[q], ks=(1, 10), map_at=100, knn_k=20)
     return {"map100": r.map_at_k, "p1": r.precision_at_k[1], "p10": r.precision_at_k[10], "knn": r.knn_accuracy}
-
-
-def _nt_xent(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    z = F.normalize(torch.cat([a, b]), dim=1)
-    sim = z @ z.T / t
-    sim.fill_diagonal_(-1e9)
-    n = len(a)
-    return F.cross_entropy(sim, torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]))
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:
