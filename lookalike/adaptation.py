@@ -96,8 +96,7 @@ def embed_views(
         num_workers: processes decoding images.
         callbacks: ``on_embed(done, total)`` and ``on_skip(path, reason)``.
     """
-    from .data import image_loader
-    from .models import torch_threads
+    from .embed import iter_embedded
 
     aug = augmentation or VIEW_AUGMENTATION
     gen = torch.Generator().manual_seed(seed)
@@ -107,23 +106,23 @@ def embed_views(
     out = np.empty((views, len(paths), dim), np.float32)
     positions: list[int] = []
     failures: list[tuple[Path, str]] = []
-    loader = image_loader(paths, base.preprocessing, batch_size=batch_size, num_workers=num_workers)
-    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - loader.num_workers))
-    done = 0
-    emit(callbacks, "on_embed", 0, len(paths))  # the clock of a progress bar starts now, not after a batch
-    with torch_threads(threads):
-        for batch in loader:
-            for i, reason in batch.failures:
-                failures.append((paths[i], reason))
-                emit(callbacks, "on_skip", paths[i], reason)
-            if batch.indices:
-                m, n = len(positions), len(batch.indices)
-                if orig is not None:
-                    orig[m : m + n] = base.embed_pixels(batch.pixels, batch_size=batch_size)
-                out[:, m : m + n] = embed_pixel_views(base, batch.pixels, views, aug, gen, batch_size=batch_size)
-                positions.extend(batch.indices)
-            done += len(batch.indices) + len(batch.failures)
-            emit(callbacks, "on_embed", done, len(paths))
+
+    def encode(pixels: torch.Tensor) -> np.ndarray:  # (n, [1 +] views, D): the image first, when asked for
+        made = embed_pixel_views(base, pixels, views, aug, gen, batch_size=batch_size)
+        if original:
+            made = np.concatenate([base.embed_pixels(pixels, batch_size=batch_size)[None], made])
+        return np.moveaxis(made, 0, 1)
+
+    for batch in iter_embedded(base, paths, batch_size=batch_size, num_workers=num_workers, with_hash=False,
+                               encode=encode, callbacks=callbacks):  # fmt: skip
+        failures.extend((paths[i], reason) for i, reason in batch.failures)
+        if batch.positions:
+            m, n = len(positions), len(batch.positions)
+            made = np.moveaxis(batch.vectors, 1, 0)
+            if orig is not None:
+                orig[m : m + n], made = made[0], made[1:]
+            out[:, m : m + n] = made
+            positions.extend(batch.positions)
     m = len(positions)
     return ViewFeatures(None if orig is None else orig[:m], out[:, :m], np.asarray(positions, np.int64), failures)
 

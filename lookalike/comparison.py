@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import hashlib
 import html
 import io
@@ -313,9 +314,16 @@ def compare(
     labels_arr = np.asarray(labs)
     rows: list[Candidate] = []
     frozen: dict[tuple[str, int], tuple[Any, Any, float]] = {}  # (name, size) -> model, EmbedResult, encoder ms
+
+    @functools.cache
+    def folder_size() -> int:  # read from the images' headers once, whatever the number of adapted rows
+        from .models.spec import input_size_for
+
+        return input_size_for(paths)
+
     for i, (spec, text) in enumerate(zip(specs, names)):
         emit(callbacks, "on_compare_row", text, i, len(names))
-        train_s, base_ms = 0.0, 0.0
+        train_s, base_ms, head_ms = 0.0, 0.0, 0.0
         model_dir = None
         if spec.directory is not None:
             the_model, model_dir = Model.load(spec.directory), str(spec.directory)
@@ -334,9 +342,7 @@ def compare(
             assert spec.name is not None
             size = spec.image_size or image_size
             if size is None and spec.adapted:  # as `lookalike index -e NAME+adapted` would choose
-                from .models.spec import input_size_for
-
-                size = input_size_for(paths)
+                size = folder_size()
             key = (spec.name, size or 0)
             if key not in frozen:
                 base = resolve_model(spec.name, image_size=size)
@@ -358,6 +364,7 @@ def compare(
                                   epochs=adapt_epochs, seed=seed, num_workers=num_workers,
                                   callbacks=callbacks)  # fmt: skip
                 train_s = time.perf_counter() - t0
+                head_ms = _time_head(the_model, res.vectors[:TIMING_IMAGES])  # on the timed images' features
                 if out is not None:
                     model_dir = str(the_model.save(out / "models" / text.replace("/", "_")))
             else:
@@ -386,11 +393,10 @@ def compare(
             result.query_precision_at_k = top
         result.query_keys = [int(j) for j in q_rows]
         n_embedded = len(res.positions)
-        timing = [paths[j] for j in res.positions[:TIMING_IMAGES]]
         if spec.is_pretrained:  # a frozen row's time was taken once; a head adds its own: never below the backbone
-            encode_ms = base_ms + (_time_head(the_model, base, timing) if spec.adapted else 0.0)
+            encode_ms = base_ms + head_ms
         else:
-            encode_ms = _time_encoder(the_model, timing)
+            encode_ms = _time_encoder(the_model, [paths[j] for j in res.positions[:TIMING_IMAGES]])
         rows.append(Candidate(
             name=text, extractor=the_model.extractor, image_size=the_model.preprocessing.image_size,
             dims=the_model.embedding_dim, result=result, embed_seconds=res.seconds,
@@ -412,17 +418,6 @@ def _warm_up(model: Any) -> None:
     model.embed_pixels(np.zeros((2, *model.input_shape), dtype=np.uint8))
 
 
-_timing_pixels: dict[tuple[Any, ...], np.ndarray] = {}  # (paths, preprocessing) -> prepared pixels, one compare
-
-
-def _prepared(model: Any, paths: list[Path]) -> np.ndarray:
-    key = (tuple(paths), repr(model.preprocessing))
-    if key not in _timing_pixels:
-        _timing_pixels.clear()
-        _timing_pixels[key] = np.stack([model.prepare(p) for p in paths])
-    return _timing_pixels[key]
-
-
 def _best_of(run: Any) -> float:
     """Seconds of the fastest of :data:`TIMING_REPEATS` calls of ``run``, after one untimed call."""
     run()
@@ -440,24 +435,24 @@ def _time_encoder(model: Any, paths: list[Path]) -> float:
     decide which of two extractors is called the faster."""
     if not paths:
         return 0.0
-    pixels = _prepared(model, paths)
+    pixels = np.stack([model.prepare(p) for p in paths])
     return 1000 * _best_of(lambda: model.embed_pixels(pixels)) / len(paths)
 
 
-def _time_head(adapted: Any, base: Any, paths: list[Path]) -> float:
-    """Milliseconds per image of an adapted head alone, on its backbone's features of ``paths``."""
+def _time_head(adapted: Any, features: np.ndarray) -> float:
+    """Milliseconds per image of an adapted head alone, on its backbone's ``features`` of the timed images."""
     import torch
 
-    if not paths:
+    if not len(features):
         return 0.0
-    features = torch.from_numpy(base.embed_pixels(_prepared(base, paths)))
+    features = torch.from_numpy(np.ascontiguousarray(features))
     head = adapted.network.head
 
     def run() -> None:
         with torch.inference_mode():
             head(features)
 
-    return 1000 * _best_of(run) / len(paths)
+    return 1000 * _best_of(run) / len(features)
 
 
 def _judge(

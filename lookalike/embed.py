@@ -8,10 +8,11 @@ Files are decoded by DataLoader workers while the main process runs the encoder 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,23 @@ def iter_embedded(
     *,
     batch_size: int = 256,
     num_workers: int = 1,
+    with_hash: bool = True,
+    encode: Callable[[torch.Tensor], np.ndarray] | None = None,
     callbacks: Sequence[Any] = (),
 ) -> Iterator[EmbeddedBatch]:
     """Embed image files batch by batch, in input order: only one batch of pixels and vectors at a time.
 
-    Args and callbacks as :func:`embed_files`.
+    Args and callbacks as :func:`embed_files`, and:
+        with_hash: also hash each file (``digests``; empty strings without).
+        encode: what each batch's prepared uint8 pixels ``(n, C, S, S)`` become instead of
+            ``model.embed_pixels``: any array whose first axis is the batch's images (e.g. the features of
+            augmented views, :func:`lookalike.adaptation.embed_views`).
     """
-    loader = image_loader(paths, model.preprocessing, batch_size=batch_size, num_workers=num_workers, with_hash=True)
+    if encode is None:
+        encode = functools.partial(model.embed_pixels, batch_size=batch_size)
+    loader = image_loader(
+        paths, model.preprocessing, batch_size=batch_size, num_workers=num_workers, with_hash=with_hash
+    )
     # Decoding workers get cores of their own: the encoder takes what is left, so the two don't fight.
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - loader.num_workers))
     done = 0
@@ -67,7 +78,7 @@ def iter_embedded(
     with torch_threads(threads):
         for batch in loader:
             if batch.indices:
-                vectors = model.embed_pixels(batch.pixels, batch_size=batch_size)
+                vectors = encode(batch.pixels)
             else:
                 vectors = np.empty((0, model.embedding_dim), dtype=np.float32)
             for i, reason in batch.failures:

@@ -209,3 +209,13 @@ def test_cli_index_with_a_spec_twice(class_folder: Path, tmp_path: Path) -> None
     assert "pixels@8 is frozen: epochs and batch sizes are for training" in line
     line = one_error_line(run_cli("index", class_folder, "-o", tmp_path / "idx4", "-e", "lite9"))
     assert "unknown extractor 'lite9'" in line
+
+
+def test_input_size_never_opens_a_fifo(tmp_path: Path) -> None:
+    """A file that turned into a FIFO after the scan is skipped, not opened (opening it would block)."""
+    import os
+
+    photos = find_images(_write_images(tmp_path / "photos", 5, (320, 200)))
+    fifo = tmp_path / "photos" / "a" / "late.jpg"
+    os.mkfifo(fifo)
+    assert input_size_for([fifo, *photos]) == PHOTO_SIZE

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._callbacks import emit
-from ..errors import LookalikeError, display_path
+from ..errors import ImageDecodeError, LookalikeError, display_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Model
@@ -224,21 +224,23 @@ def input_size_for(paths: Sequence[str | os.PathLike[str]], sample: int = 100) -
     short side of (a seeded sample of at most ``sample`` of) its images is at least :data:`TINY`, else
     :data:`SMALL_SIZE` (128 px).
 
-    Measured with Lite0 on ten real folders and CIFAR-10 (BENCHMARKS.md): 160 px scored higher than 128 on
-    every one, photos (+0.02-0.05 mAP@100 frozen) and small images upscaled alike (CIFAR-10's 32 px:
-    mAP@1000 0.565 vs 0.537; 100 px hand signs, 40-60 px street characters and signs: +0.006 to +0.02),
-    for about 2x the encoder's time; 224 px gains more on photos but costs about 3x, which a laptop CPU
-    pays on every image indexed. Images under 32 px are blown up 4-20x at either size; they keep 128."""
+    Measured with Lite0 on ten real folders and CIFAR-10 (BENCHMARKS.md): 160 px gave a higher mAP@100
+    than 128 on every one, photos (+0.02-0.05 frozen) and small images upscaled alike (CIFAR-10's 32 px:
+    mAP@1000 0.565 vs 0.537; 100 px hand signs, 40-60 px street characters and signs: +0.006 to +0.02;
+    precision@1 was lower on one, flowers), for about 2x the encoder's time; 224 px gains more on photos
+    but costs about 3x, which a laptop CPU pays on every image indexed. Images under 32 px are blown up
+    4-20x at either size; they keep 128."""
     from PIL import Image
 
     from ..adaptation import sample_paths
+    from ..decoding import open_regular
 
     sides = []
     for path in sample_paths(list(paths), sample):
-        try:
-            with Image.open(path) as im:  # the header only: no pixels are decoded
+        try:  # the header only, no pixels decoded; never a FIFO or device (a file may change after the scan)
+            with open_regular(path) as fh, Image.open(fh) as im:
                 sides.append(min(im.size))
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (ImageDecodeError, OSError, ValueError, Image.DecompressionBombError):
             continue  # unreadable files are reported when the folder is embedded
     if sides and sorted(sides)[len(sides) // 2] >= TINY:
         return PHOTO_SIZE
